@@ -1,0 +1,12 @@
+// Run-time CPU feature probe: the one dispatch site turns it into a kernel choice.
+#pragma once
+
+namespace dyninfer {
+
+enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// Best instruction set this CPU supports among those compiled in.
+Isa detect_isa();
+const char* isa_name(Isa isa);
+
+}  // namespace dyninfer

@@ -1,0 +1,177 @@
+"""decouple(): turn a plain CNN into a decoupled (gated) one with torch.fx.
+
+A *unit* is ``conv -> BatchNorm2d [-> ReLU]``. Every unit except the one holding the network's
+first conv and any conv that is the network's last layer gets an ArchitectureControl that reads
+the unit's input. The gate is applied after the unit's ReLU, or after its BN when no ReLU follows
+(the second conv of a residual block: its gate applies before the addition).
+
+Parameter names of the model are kept; each gate lives next to its conv under
+``<conv path>_gate`` so a dense checkpoint initialises the gated model with strict=False only
+missing the gates.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .gates import ArchitectureControl
+
+__all__ = ["decouple", "DecoupleError", "DyninferTracer", "gates", "calculation_path", "gate_name", "LEAF_MODULES"]
+
+
+class DecoupleError(ValueError):
+    """The model cannot be decoupled; the message names the module and why."""
+
+
+# Modules kept whole when tracing (their forward is not expanded into the graph).
+LEAF_MODULES: tuple[type, ...] = (ArchitectureControl,)
+
+
+def register_leaf_module(cls: type) -> type:
+    """Class decorator: keep ``cls`` as one node when dyninfer traces a model."""
+    global LEAF_MODULES
+    if cls not in LEAF_MODULES:
+        LEAF_MODULES = LEAF_MODULES + (cls,)
+    return cls
+
+
+class DyninferTracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, LEAF_MODULES):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    tracer = DyninferTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types; say which model and why
+        raise DecoupleError(f"cannot trace {type(model).__name__} with torch.fx: {exc}") from exc
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
+
+
+def is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], nn.ReLU)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCS
+    if node.op == "call_method":
+        return node.target in ("relu", "relu_")
+    return False
+
+
+def gate_name(conv_path: str) -> str:
+    return conv_path + "_gate"
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _units(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
+    """(conv node, bn node, node after which the gate applies) for every conv->BN unit."""
+    modules = dict(gm.named_modules())
+    units = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.Conv2d):
+            continue
+        bn = _only_user(node)
+        if bn is None or bn.op != "call_module" or not isinstance(modules[bn.target], nn.BatchNorm2d):
+            units.append((node, None, None))
+            continue
+        end = bn
+        nxt = _only_user(bn)
+        if nxt is not None and is_relu(nxt, modules):
+            end = nxt
+        units.append((node, bn, end))
+    return units
+
+
+def _is_last_layer(conv: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """True when no conv or linear layer runs after ``conv`` on any path to the output."""
+    stack, seen = list(conv.users), set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "call_module" and isinstance(modules[n.target], (nn.Conv2d, nn.Linear)):
+            return False
+        if n.op == "call_function" and n.target in (F.linear, F.conv2d):
+            return False
+        stack.extend(n.users)
+    return True
+
+
+def decouple(model: nn.Module, reduction: int = 4, skip: Iterable[str] = ()) -> fx.GraphModule:
+    """Return a gated copy-free view of ``model``: a GraphModule sharing its parameters.
+
+    ``skip`` names conv paths to leave ungated in addition to the first and last layer.
+    Raises DecoupleError naming the module when the model cannot be traced or when a conv that
+    must be gated is not followed by a BatchNorm2d.
+    """
+    gm = trace(model)
+    modules = dict(gm.named_modules())
+    skip = set(skip)
+    units = _units(gm)
+    if not units:
+        raise DecoupleError(f"{type(model).__name__}: no nn.Conv2d found, nothing to decouple")
+    first = units[0][0]
+    for conv, bn, end in units:
+        path = conv.target
+        if conv is first or path in skip or _is_last_layer(conv, modules):
+            continue
+        m = modules[path]
+        if bn is None:
+            raise DecoupleError(
+                f"conv '{path}' ({type(m).__name__}) is not followed by a BatchNorm2d used only by it; "
+                f"dyninfer gates conv->BN(->ReLU) units. Pass skip=['{path}'] to leave it ungated.")
+        if m.groups != 1:
+            raise DecoupleError(f"conv '{path}': grouped convs (groups={m.groups}) cannot be gated; "
+                                f"pass skip=['{path}'] to leave it ungated")
+        gate = ArchitectureControl(m.in_channels, m.out_channels, reduction)
+        gate.to(device=m.weight.device, dtype=m.weight.dtype)
+        gname = gate_name(path)
+        if gname in modules:
+            raise DecoupleError(f"conv '{path}': model already has a module named '{gname}' (already decoupled?)")
+        gm.add_submodule(gname, gate)
+        x = conv.args[0]
+        with gm.graph.inserting_after(end):
+            gated = gm.graph.call_module(gname, (x, end))
+        end.replace_all_uses_with(gated)
+        gated.args = (x, end)  # replace_all_uses_with rewrote our own argument too
+    gm.graph.lint()
+    gm.recompile()
+    gm.dyninfer_decoupled = True
+    return gm
+
+
+def gates(model: nn.Module) -> dict[str, ArchitectureControl]:
+    """Gated units of ``model`` in execution (definition) order: {gate path: module}."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, ArchitectureControl)}
+
+
+def calculation_path(model: nn.Module) -> torch.Tensor:
+    """(B, sum N_l) concatenated z of every gate from the last forward pass."""
+    zs = []
+    for name, g in gates(model).items():
+        if g.z is None:
+            raise RuntimeError(f"gate '{name}' has not run yet: call the model first")
+        zs.append(g.z.detach())
+    if not zs:
+        raise RuntimeError("model has no gates")
+    return torch.cat(zs, dim=1)
+
+
+_ = operator  # re-exported for users building graphs by hand

@@ -1,0 +1,129 @@
+"""Architecture controlling module and Improved SemHash (paper Sec. 3.1, Eq. 2-5).
+
+A gate sees only the INPUT X of its conv unit, so the decision is known before the conv runs:
+
+    s = GAP(X)                      (B, C)
+    g = W2 · ReLU(W1 · s + b1) + b2 (B, N)        W1: (C/γ, C), W2: (N, C/γ)
+
+Training uses Improved SemHash: s~ = g + α with α ~ N(0, 1),
+    v1 = clamp(1.2·sigmoid(s~) − 0.1, 0, 1)   (saturating sigmoid, Eq. 3)
+    v2 = 1(s~ > 0)                           (Eq. 4)
+and a random half of the *samples* of the batch use v2 (forward) with the gradient of v1
+(straight-through), the other half use v1. Evaluation uses z = 1(g > 0), no noise (Eq. 5).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ArchitectureControl", "improved_semhash", "saturating_sigmoid"]
+
+
+def saturating_sigmoid(x: Tensor) -> Tensor:
+    """Eq. 3: clamp(1.2·sigmoid(x) − 0.1, 0, 1); reaches exactly 0 and 1."""
+    return torch.clamp(1.2 * torch.sigmoid(x) - 0.1, 0.0, 1.0)
+
+
+def improved_semhash(g: Tensor, training: bool, generator: torch.Generator | None = None) -> Tensor:
+    """Binary channel decisions from gate logits ``g`` of shape (B, N).
+
+    In training a random half of the samples (exactly ``B // 2``, plus the middle one of an odd
+    batch with probability 1/2) take the hard vector v2 with the gradient of v1; the rest take v1.
+    """
+    if g.dim() != 2:
+        raise ValueError(f"improved_semhash: expected gate logits of shape (B, N), got {tuple(g.shape)}")
+    if not training:
+        return (g > 0).to(g.dtype)
+    noise = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype)
+    noisy = g + noise
+    v1 = saturating_sigmoid(noisy)
+    v2 = (noisy > 0).to(g.dtype)
+    hard = v1 + (v2 - v1).detach()  # value v2, gradient dv1 (straight-through)
+    b = g.shape[0]
+    perm = torch.randperm(b, generator=generator, device="cpu")
+    n_hard = b // 2
+    if b % 2 == 1 and torch.rand((), generator=generator).item() < 0.5:
+        n_hard += 1
+    pick = torch.zeros(b, dtype=torch.bool)
+    pick[perm[:n_hard]] = True
+    pick = pick.to(g.device).unsqueeze(1)  # (B, 1): whole samples, never channel ranges
+    return torch.where(pick, hard, v1)
+
+
+class ArchitectureControl(nn.Module):
+    """Per-input filter selector of one conv unit.
+
+    ``forward(x)`` returns z (B, N); ``forward(x, y)`` returns ``y * z`` with z broadcast over
+    (H, W), where ``x`` is the unit's input (B, C, H, W) and ``y`` its output (B, N, H', W').
+    After every forward the module keeps, without extra passes:
+      * ``z``          (B, N) decisions (with autograd graph in training, for L_mi / L_kl),
+      * ``logits``     (B, N) g before SemHash,
+      * ``y_mean``     (B, N) GAP of the unit's output before gating (for L_kl), when y is given.
+    All gates are open at initialisation: W1 = 0, b1 = 1, W2 = 0, b2 = 1, so g = 1 for every
+    input (the recipe of the published reference code).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, reduction: int = 4):
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"ArchitectureControl: channels must be positive, got in={in_channels}, out={out_channels}")
+        if reduction < 1:
+            raise ValueError(f"ArchitectureControl: reduction must be >= 1, got {reduction}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.reduction = reduction
+        hidden = max(1, in_channels // reduction)
+        self.fc1 = nn.Linear(in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, out_channels)
+        self.reset_open()
+        self.z: Tensor | None = None
+        self.logits: Tensor | None = None
+        self.y_mean: Tensor | None = None
+        # When not None, eval-mode decisions are overridden: keep this fraction of channels
+        # (the highest logits). Used by density sweeps; never set during training.
+        self.force_keep: float | None = None
+
+    def reset_open(self) -> None:
+        nn.init.zeros_(self.fc1.weight)
+        nn.init.ones_(self.fc1.bias)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.ones_(self.fc2.bias)
+
+    def gate_logits(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ArchitectureControl: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        s = x.mean(dim=(2, 3))  # (B, C)
+        return self.fc2(F.relu(self.fc1(s)))  # (B, N)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        g = self.gate_logits(x)
+        z = improved_semhash(g, self.training)
+        if self.force_keep is not None and not self.training:
+            z = topk_mask(g, self.force_keep)
+        self.logits = g
+        self.z = z
+        if y is None:
+            return z
+        if y.dim() != 4 or y.shape[1] != self.out_channels:
+            raise ValueError(
+                f"ArchitectureControl: expected unit output (B, {self.out_channels}, H, W), got {tuple(y.shape)}")
+        self.y_mean = y.mean(dim=(2, 3))
+        return y * z[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, reduction={self.reduction}"
+
+
+def topk_mask(g: Tensor, keep: float) -> Tensor:
+    """(B, N) mask keeping round(keep·N) channels with the largest logits per sample."""
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError(f"force_keep must lie in [0, 1], got {keep}")
+    n = g.shape[1]
+    k = int(round(keep * n))
+    z = torch.zeros_like(g)
+    if k > 0:
+        idx = g.topk(k, dim=1).indices
+        z.scatter_(1, idx, 1.0)
+    return z

@@ -1,0 +1,31 @@
+"""Builds the C++ extension dyninfer._C.
+
+Kernels in csrc/kernels/ are torch-free and choose their instruction set per function with
+`#pragma GCC target`, dispatched at run time from a CPU probe; the shipped build never uses
+-march=native. Build without isolation so the installed torch is used:
+    pip install --no-build-isolation -e .
+"""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+here = os.path.dirname(os.path.abspath(__file__))
+sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/kernels/*.cpp"))
+debug = os.environ.get("DYNINFER_DEBUG", "0") == "1"
+cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+cxx_flags += ["-std=c++17", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+
+setup(
+    ext_modules=[
+        CppExtension(
+            "dyninfer._C",
+            sources,
+            include_dirs=[os.path.join(here, "csrc")],
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
