@@ -1,0 +1,249 @@
+"""Decoupling losses (paper Eq. 9-12), summed over the gated layers l of a model:
+
+    L    = L_ce + λm·L_mi + λk·L_kl + λs·L_s                       (Eq. 12)
+    L_mi = Σ_l CE(W_cla^l · z^l, label)                           (Eq. 9)   W_cla^l: K × N^l, no bias
+    L_kl = Σ_l KL(p(z^l) || q(y^l)),  y^l = GAP of the unit output  (Eq. 10)
+    L_s  = Σ_l | ||z^l||_1 − R·N^l |                               (Eq. 11)
+
+Every per-sample quantity is averaged over the batch; layers are summed, not averaged.
+
+The module reads the gate decisions ``z`` (B, N) and ``y_mean`` (B, N) that every
+ArchitectureControl stores during the model's forward, so the usual step is::
+
+    crit = DecouplingLoss(model, num_classes=10, config=preset("resnet56_cifar"))
+    optimizer = SGD([*model.parameters(), *crit.parameters()], ...)   # W_cla^l are trainable
+    logits = model(x)
+    total, parts = crit(logits, labels)
+
+Normalisation of the KL term (the paper leaves it open; chosen here and why):
+
+* z side: p = z / (Σ_c z_c + eps). z ≥ 0 already (SemHash outputs lie in [0, 1]), so the
+  normalised decision vector is "which share of the selected channels is channel c". A sample
+  whose gate closed every channel has p = 0 and contributes KL = 0 (0·log 0 = 0): its layer is
+  skipped and only L_s sees it, rather than dividing by zero.
+* y side: q = relu(y) / (Σ_c relu(y_c) + eps). Units whose gate follows a ReLU have y ≥ 0;
+  the second conv of a residual block is gated after BN, before the addition, so its channel
+  means can be negative. A negative mean says the channel contributes nothing positive, so it
+  gets share 0. relu-normalisation is scale-invariant like the z side (a softmax is not: its
+  result depends on the arbitrary scale of BN outputs and is nearly uniform for O(1) means).
+* KL(p || q) = Σ_c p_c · (log(p_c + eps) − log(q_c + eps)). The eps inside the logs keeps both
+  the value and the gradient finite at p_c = 0 (exact zeros are common: hard SemHash samples
+  and the clamp of the saturating sigmoid), where d/dp [p log p] would be −inf, and at q_c = 0.
+* Gradients flow into both z (the gate) and y (the unit's conv/BN): the loss asks the gate to
+  choose the channels that respond strongly and the channels to respond where they are chosen.
+
+R = 0 ("learn freely"): the same Eq. 11 formula with R = 0. Since z ≥ 0, |‖z‖₁ − 0| = ‖z‖₁,
+so L_s becomes plain L1 sparsity pressure Σ_l mean_b ‖z^l‖₁, *not* divided by N^l: the published
+λs (1.5e-4 for ResNet-56 etc.) were tuned for that unnormalised sum, and dividing by N^l would
+weaken the pressure 16-64× on CIFAR widths.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .nn.decouple import gates as _gates
+from .nn.gates import ArchitectureControl
+
+__all__ = ["LossConfig", "DecouplingLoss", "PRESETS", "preset", "list_presets", "kl_z_y", "sparsity_loss"]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of Eq. 12 and the target keep ratio of Eq. 11.
+
+    lambda_mi: λm, weight of L_mi.   lambda_kl: λk, weight of L_kl.   lambda_s: λs, weight of L_s.
+    target_ratio: R in [0, 1]; 0 means "learn freely" (plain L1 pressure, see module docstring).
+    eps: smoothing of the KL normalisation and logs (see module docstring); must be > 0.
+    """
+
+    lambda_mi: float = 0.01
+    lambda_kl: float = 1.0
+    lambda_s: float = 1.5e-4
+    target_ratio: float = 0.0
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_mi", "lambda_kl", "lambda_s", "target_ratio", "eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"LossConfig.{name}: expected a number, got {v!r} ({type(v).__name__})")
+            if not math.isfinite(v):
+                raise ValueError(f"LossConfig.{name}: must be finite, got {v}")
+        for name in ("lambda_mi", "lambda_kl", "lambda_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LossConfig.{name}: loss weights must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.target_ratio <= 1.0:
+            raise ValueError(f"LossConfig.target_ratio: R must lie in [0, 1], got {self.target_ratio}")
+        if self.eps <= 0:
+            raise ValueError(f"LossConfig.eps: must be > 0, got {self.eps}")
+
+
+# Hyper-parameters published with the reference code (its README). Where λk is not published
+# (every setting except ResNet-56) it is 1.0, the ResNet-56 value. The CIFAR settings publish
+# no R: they train with R = 0 (learn freely).
+PRESETS: dict[str, LossConfig] = {
+    "resnet56_cifar": LossConfig(lambda_mi=0.01, lambda_kl=1.0, lambda_s=1.5e-4, target_ratio=0.0),
+    "vgg_cifar": LossConfig(lambda_mi=0.04, lambda_kl=1.0, lambda_s=2e-4, target_ratio=0.0),  # λk not published
+    "googlenet_cifar": LossConfig(lambda_mi=0.006, lambda_kl=1.0, lambda_s=5e-5, target_ratio=0.0),  # λk not published
+    "resnet18_imagenet": LossConfig(lambda_mi=0.005, lambda_kl=1.0, lambda_s=0.01, target_ratio=0.6),  # λk not published
+    "vgg16_imagenet": LossConfig(lambda_mi=0.01, lambda_kl=1.0, lambda_s=0.01, target_ratio=0.5),  # λk not published
+}
+
+# Registry model names -> the preset published for that architecture (CIFAR ResNets of other
+# depths use the ResNet-56 setting).
+_MODEL_ALIASES = {
+    "resnet20": "resnet56_cifar",
+    "resnet32": "resnet56_cifar",
+    "resnet56": "resnet56_cifar",
+    "resnet110": "resnet56_cifar",
+    "vgg16_cifar": "vgg_cifar",
+    "resnet18": "resnet18_imagenet",
+}
+
+
+def list_presets() -> list[str]:
+    return sorted(PRESETS)
+
+
+def preset(name: str, **overrides: float) -> LossConfig:
+    """Published LossConfig by preset name (see PRESETS) or registry model name, e.g.
+    ``preset("resnet56")``; keyword overrides replace fields (and are validated)."""
+    key = _MODEL_ALIASES.get(name, name)
+    if key not in PRESETS:
+        raise ValueError(f"unknown loss preset '{name}'; presets: {', '.join(list_presets())}; "
+                         f"model names: {', '.join(sorted(_MODEL_ALIASES))}")
+    try:
+        return replace(PRESETS[key], **overrides)
+    except TypeError as exc:  # unknown field name
+        raise ValueError(f"preset('{name}'): bad override {sorted(overrides)}: {exc}") from None
+
+
+def kl_z_y(z: Tensor, y_mean: Tensor, eps: float = 1e-6) -> Tensor:
+    """(B,) KL(p || q) per sample with p = z/(Σz+eps), q = relu(y)/(Σrelu(y)+eps)  (Eq. 10)."""
+    p = z / (z.sum(dim=1, keepdim=True) + eps)  # (B, N)
+    y = F.relu(y_mean)
+    q = y / (y.sum(dim=1, keepdim=True) + eps)  # (B, N)
+    return (p * (torch.log(p + eps) - torch.log(q + eps))).sum(dim=1)
+
+
+def sparsity_loss(z: Tensor, target_ratio: float) -> Tensor:
+    """(B,) | ||z||_1 − R·N | per sample (Eq. 11); R = 0 gives ||z||_1."""
+    return (z.sum(dim=1) - target_ratio * z.shape[1]).abs()
+
+
+def _key(path: str) -> str:
+    return path.replace(".", "/")  # nn.ModuleDict keys may not contain '.'
+
+
+class DecouplingLoss(nn.Module):
+    """L = L_ce + λm·L_mi + λk·L_kl + λs·L_s (Eq. 12) over the gates of ``model``.
+
+    ``model`` is a decoupled model (or a mapping {gate path: ArchitectureControl}). The loss holds
+    one trainable W_cla^l (nn.Linear(N^l, num_classes, bias=False)) per gate in ``classifiers``,
+    keyed by the gate path with '.' replaced by '/'. ``forward(logits, labels)`` returns
+    ``(total, parts)`` with parts = {'ce', 'mi', 'kl', 'sparsity'}: the *unweighted* terms
+    (scalars with autograd graph), so total = ce + λm·mi + λk·kl + λs·sparsity.
+    """
+
+    def __init__(self, model: nn.Module | Mapping[str, ArchitectureControl], num_classes: int,
+                 config: LossConfig | None = None):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"DecouplingLoss: num_classes must be a positive int, got {num_classes!r}")
+        if config is None:
+            config = LossConfig()
+        if not isinstance(config, LossConfig):
+            raise ValueError(f"DecouplingLoss: config must be a LossConfig, got {type(config).__name__}")
+        self.config = config
+        self.num_classes = num_classes
+        gate_map = self._collect(model)
+        self.classifiers = nn.ModuleDict()
+        for path, g in gate_map.items():
+            key = _key(path)
+            if key in self.classifiers:
+                raise ValueError(f"DecouplingLoss: gate paths collide after '.'->'/' mapping: '{path}'")
+            lin = nn.Linear(g.out_channels, num_classes, bias=False)
+            lin.to(device=g.fc2.weight.device, dtype=g.fc2.weight.dtype)
+            self.classifiers[key] = lin
+        self._gates: dict[str, ArchitectureControl] = gate_map  # plain dict: not submodules
+
+    @staticmethod
+    def _collect(model: nn.Module | Mapping[str, ArchitectureControl]) -> dict[str, ArchitectureControl]:
+        if isinstance(model, nn.Module):
+            found = _gates(model)
+            what = type(model).__name__
+        elif isinstance(model, Mapping):
+            found = dict(model)
+            what = "gate mapping"
+        else:
+            raise ValueError(f"DecouplingLoss: expected a model or a {{path: gate}} mapping, got {type(model).__name__}")
+        if not found:
+            raise ValueError(f"DecouplingLoss: {what} has no ArchitectureControl gates; decouple() it first")
+        for path, g in found.items():
+            if not isinstance(g, ArchitectureControl):
+                raise ValueError(f"DecouplingLoss: '{path}' is a {type(g).__name__}, not an ArchitectureControl")
+        return found
+
+    @property
+    def gate_paths(self) -> list[str]:
+        return list(self._gates)
+
+    def bind(self, model: nn.Module | Mapping[str, ArchitectureControl]) -> "DecouplingLoss":
+        """Read gates from another model instance (e.g. after rebuilding it); its gate paths and
+        widths must match the classifiers exactly."""
+        gate_map = self._collect(model)
+        mine = {p: c.in_features for p, c in zip(self._gates, self.classifiers.values())}
+        theirs = {p: g.out_channels for p, g in gate_map.items()}
+        if list(mine) != list(theirs):
+            missing = [p for p in mine if p not in theirs]
+            extra = [p for p in theirs if p not in mine]
+            raise ValueError(f"DecouplingLoss.bind: gated layer lists differ (missing {missing}, unexpected {extra}, "
+                             f"or a different order)")
+        for p in mine:
+            if mine[p] != theirs[p]:
+                raise ValueError(f"DecouplingLoss.bind: gate '{p}' has {theirs[p]} channels, "
+                                 f"the loss was built for {mine[p]}")
+        self._gates = gate_map
+        return self
+
+    def _checked(self, path: str, g: ArchitectureControl, batch: int) -> tuple[Tensor, Tensor]:
+        if g.z is None or g.y_mean is None:
+            missing = "z" if g.z is None else "y_mean"
+            raise ValueError(f"DecouplingLoss: gate '{path}' has no {missing}; run the model forward "
+                             f"(with the unit output) before the loss")
+        n = self.classifiers[_key(path)].in_features
+        for name, t in (("z", g.z), ("y_mean", g.y_mean)):
+            if t.shape != (batch, n):
+                raise ValueError(f"DecouplingLoss: gate '{path}': {name} has shape {tuple(t.shape)}, "
+                                 f"expected ({batch}, {n}) (batch of the logits, channels of the gate)")
+        return g.z, g.y_mean
+
+    def forward(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"DecouplingLoss: logits must be (B, {self.num_classes}), got {tuple(logits.shape)}")
+        b = logits.shape[0]
+        if labels.shape != (b,):
+            raise ValueError(f"DecouplingLoss: labels must be ({b},), got {tuple(labels.shape)}")
+        cfg = self.config
+        ce = F.cross_entropy(logits, labels)  # L_ce, batch mean
+        mi = logits.new_zeros(())
+        kl = logits.new_zeros(())
+        sp = logits.new_zeros(())
+        for path, g in self._gates.items():
+            z, y_mean = self._checked(path, g, b)  # (B, N^l) each
+            mi = mi + F.cross_entropy(self.classifiers[_key(path)](z), labels)  # Eq. 9
+            kl = kl + kl_z_y(z, y_mean, cfg.eps).mean()  # Eq. 10
+            sp = sp + sparsity_loss(z, cfg.target_ratio).mean()  # Eq. 11
+        total = ce + cfg.lambda_mi * mi + cfg.lambda_kl * kl + cfg.lambda_s * sp  # Eq. 12
+        return total, {"ce": ce, "mi": mi, "kl": kl, "sparsity": sp}
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"gates={len(self._gates)}, num_classes={self.num_classes}, lambda_mi={c.lambda_mi}, "
+                f"lambda_kl={c.lambda_kl}, lambda_s={c.lambda_s}, R={c.target_ratio}")

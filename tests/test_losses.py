@@ -1,0 +1,255 @@
+"""DecouplingLoss (paper Eq. 9-12) against hand computations on tiny tensors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dyninfer.losses import PRESETS, DecouplingLoss, LossConfig, kl_z_y, list_presets, preset, sparsity_loss
+from dyninfer.nn import ArchitectureControl, decouple, gates
+
+
+class Tiny(nn.Module):
+    """conv0 (ungated: first) -> conv1 (gated, N=6) -> conv2 (gated, N=5) -> GAP -> fc."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.conv0, self.bn0 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv1, self.bn1 = nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 5, 1), nn.BatchNorm2d(5)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn0(self.conv0(x)))
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+K = 3
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return decouple(Tiny(K))
+
+
+def _set(model, zs, ys):
+    for g, z, y in zip(gates(model).values(), zs, ys):
+        g.z, g.y_mean = z, y
+
+
+# ---- hand references (plain Python floats, no torch ops) -------------------------------------
+def hand_ce(scores, label):
+    m = max(scores)
+    lse = m + math.log(sum(math.exp(s - m) for s in scores))
+    return lse - scores[label]
+
+
+def hand_kl(z, y, eps):
+    sz = sum(z)
+    p = [v / (sz + eps) for v in z]
+    yr = [max(v, 0.0) for v in y]
+    sy = sum(yr)
+    q = [v / (sy + eps) for v in yr]
+    return sum(pc * (math.log(pc + eps) - math.log(qc + eps)) for pc, qc in zip(p, q))
+
+
+def hand_sparsity(z, r):
+    return abs(sum(z) - r * len(z))
+
+
+ZS = [torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [0.2, 0.9, 0.0, 1.0, 0.5, 0.3]]),
+      torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0, 1.0]])]  # second layer: sample 0 all closed
+YS = [torch.tensor([[0.5, 0.1, 2.0, 0.0, 0.3, 0.1], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]),
+      torch.tensor([[0.3, -0.2, 0.7, 0.1, 0.0], [-1.0, 0.4, 0.4, 2.0, 0.2]])]  # negative means (pre-add units)
+LABELS = torch.tensor([2, 0])
+LOGITS = torch.tensor([[0.1, -0.3, 0.7], [1.5, 0.2, -0.4]])
+
+
+def test_each_part_matches_hand_computation(model):
+    cfg = LossConfig(lambda_mi=0.3, lambda_kl=0.7, lambda_s=0.05, target_ratio=0.5)
+    crit = DecouplingLoss(model, K, cfg)
+    assert crit.gate_paths == ["conv1_gate", "conv2_gate"]
+    ws = [torch.arange(K * 6, dtype=torch.float32).reshape(K, 6) / 10 - 0.8,
+          torch.arange(K * 5, dtype=torch.float32).reshape(K, 5).flip(1) / 7 - 1.0]
+    with torch.no_grad():
+        for lin, w in zip(crit.classifiers.values(), ws):
+            lin.weight.copy_(w)
+    _set(model, ZS, YS)
+    total, parts = crit(LOGITS, LABELS)
+
+    b = len(LABELS)
+    ce = sum(hand_ce(LOGITS[i].tolist(), int(LABELS[i])) for i in range(b)) / b
+    mi = kl = sp = 0.0
+    for w, z, y in zip(ws, ZS, YS):
+        for i in range(b):
+            zi = z[i].tolist()
+            scores = [sum(w[k, c].item() * zi[c] for c in range(len(zi))) for k in range(K)]
+            mi += hand_ce(scores, int(LABELS[i])) / b
+            kl += hand_kl(zi, y[i].tolist(), cfg.eps) / b
+            sp += hand_sparsity(zi, cfg.target_ratio) / b
+    assert set(parts) == {"ce", "mi", "kl", "sparsity"}
+    assert parts["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert parts["mi"].item() == pytest.approx(mi, rel=1e-5)
+    assert parts["kl"].item() == pytest.approx(kl, rel=1e-4)
+    assert parts["sparsity"].item() == pytest.approx(sp, rel=1e-6)
+    assert sp == pytest.approx((0.0 + 0.1) / 2 + (2.5 + 1.5) / 2)  # |3-3|,|2.9-3| ; |0-2.5|,|4-2.5|
+    expected_total = ce + 0.3 * mi + 0.7 * kl + 0.05 * sp
+    assert total.item() == pytest.approx(expected_total, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 4, 16])
+def test_kl_zero_when_z_matches_y_and_finite_for_closed_gate(n):
+    torch.manual_seed(n)
+    y = torch.rand(3, n) + 0.1
+    z = y / y.max(dim=1, keepdim=True).values  # same distribution as y after normalisation
+    assert torch.allclose(kl_z_y(z, y), torch.zeros(3), atol=1e-5)
+    closed = torch.zeros(2, n, requires_grad=True)
+    out = kl_z_y(closed, torch.rand(2, n))
+    assert torch.equal(out, torch.zeros(2))  # 0·log 0 = 0: an all-closed layer contributes nothing
+    out.sum().backward()
+    assert torch.isfinite(closed.grad).all()
+
+
+def test_kl_positive_when_z_selects_low_response_channels():
+    y = torch.tensor([[5.0, 5.0, 0.0, 0.0]])
+    good = kl_z_y(torch.tensor([[1.0, 1.0, 0.0, 0.0]]), y)
+    bad = kl_z_y(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), y)
+    assert good.item() == pytest.approx(0.0, abs=1e-5)
+    assert bad.item() > 10.0  # log((0.5+eps)/eps) ≈ 13
+
+
+@pytest.mark.parametrize("r", [0.0, 0.25, 1.0])
+def test_sparsity_r(r):
+    z = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]])
+    assert torch.allclose(sparsity_loss(z, r), torch.tensor([abs(2 - 4 * r), abs(0.5 - 4 * r)]))
+
+
+def test_r_zero_is_plain_l1_not_normalised(model):
+    crit = DecouplingLoss(model, K, LossConfig(target_ratio=0.0))
+    _set(model, ZS, YS)
+    _, parts = crit(LOGITS, LABELS)
+    l1 = sum(z.sum(dim=1).mean().item() for z in ZS)
+    assert parts["sparsity"].item() == pytest.approx(l1)
+
+
+def test_weights_zero_reduce_to_ce(model):
+    crit = DecouplingLoss(model, K, LossConfig(lambda_mi=0.0, lambda_kl=0.0, lambda_s=0.0))
+    _set(model, ZS, YS)
+    total, parts = crit(LOGITS, LABELS)
+    assert torch.equal(total, parts["ce"])
+    assert parts["mi"].item() > 0 and parts["sparsity"].item() > 0  # still reported
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("resnet56_cifar", (0.01, 1.0, 1.5e-4, 0.0)),
+    ("vgg_cifar", (0.04, 1.0, 2e-4, 0.0)),
+    ("googlenet_cifar", (0.006, 1.0, 5e-5, 0.0)),
+    ("resnet18_imagenet", (0.005, 1.0, 0.01, 0.6)),
+    ("vgg16_imagenet", (0.01, 1.0, 0.01, 0.5)),
+    ("resnet56", (0.01, 1.0, 1.5e-4, 0.0)),
+    ("resnet18", (0.005, 1.0, 0.01, 0.6)),
+])
+def test_presets(name, expected):
+    c = preset(name)
+    assert (c.lambda_mi, c.lambda_kl, c.lambda_s, c.target_ratio) == expected
+    assert sorted(PRESETS) == list_presets()
+
+
+def test_preset_errors_and_overrides():
+    with pytest.raises(ValueError, match="unknown loss preset 'nope'.*resnet56_cifar"):
+        preset("nope")
+    assert preset("vgg_cifar", lambda_kl=0.5).lambda_kl == 0.5
+    with pytest.raises(ValueError, match="target_ratio"):
+        preset("vgg_cifar", target_ratio=2.0)
+    with pytest.raises(ValueError, match="bad override"):
+        preset("vgg_cifar", lambda_q=1.0)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"target_ratio": -0.1}, "target_ratio"), ({"target_ratio": 1.01}, "target_ratio"),
+    ({"lambda_mi": -1e-3}, "lambda_mi"), ({"lambda_kl": -1.0}, "lambda_kl"), ({"lambda_s": -1.0}, "lambda_s"),
+    ({"lambda_s": float("nan")}, "lambda_s"), ({"eps": 0.0}, "eps"), ({"lambda_mi": "0.1"}, "lambda_mi"),
+])
+def test_invalid_config(kwargs, field):
+    with pytest.raises(ValueError, match=f"LossConfig.{field}"):
+        LossConfig(**kwargs)
+
+
+def test_config_frozen():
+    with pytest.raises(AttributeError):
+        LossConfig().lambda_s = 1.0  # type: ignore[misc]
+
+
+def test_model_without_gates_raises():
+    with pytest.raises(ValueError, match="Tiny has no ArchitectureControl gates"):
+        DecouplingLoss(Tiny(K), K)
+    with pytest.raises(ValueError, match="num_classes"):
+        DecouplingLoss(decouple(Tiny(K)), 0)
+
+
+def test_missing_z_raises(model):
+    crit = DecouplingLoss(model, K)
+    with pytest.raises(ValueError, match="gate 'conv1_gate' has no z"):
+        crit(LOGITS, LABELS)
+
+
+def test_mismatched_shapes_raise(model):
+    crit = DecouplingLoss(model, K)
+    _set(model, [ZS[0], ZS[1][:, :4]], YS)
+    with pytest.raises(ValueError, match=r"gate 'conv2_gate': z has shape \(2, 4\), expected \(2, 5\)"):
+        crit(LOGITS, LABELS)
+    _set(model, ZS, YS)
+    with pytest.raises(ValueError, match=r"gate 'conv1_gate': z has shape \(2, 6\), expected \(3, 6\)"):
+        crit(torch.zeros(3, K), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"logits must be \(B, 3\)"):
+        crit(torch.zeros(2, K + 1), LABELS)
+    with pytest.raises(ValueError, match=r"labels must be \(2,\)"):
+        crit(LOGITS, LABELS[:1])
+
+
+def test_bind_checks_layer_lists(model):
+    crit = DecouplingLoss(model, K)
+    other = decouple(Tiny(K))
+    assert crit.bind(other).gate_paths == ["conv1_gate", "conv2_gate"]
+    with pytest.raises(ValueError, match="gated layer lists differ"):
+        crit.bind(decouple(Tiny(K), skip=["conv1"]))
+    g = gates(other)
+    with pytest.raises(ValueError, match="gate 'conv1_gate' has 7 channels"):
+        crit.bind({"conv1_gate": ArchitectureControl(4, 7), "conv2_gate": g["conv2_gate"]})
+
+
+def test_loss_parameters_are_classifiers_only(model):
+    crit = DecouplingLoss(model, K)
+    names = dict(crit.named_parameters())
+    assert set(names) == {"classifiers.conv1_gate.weight", "classifiers.conv2_gate.weight"}
+    assert names["classifiers.conv1_gate.weight"].shape == (K, 6)
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_gradient_reaches_gates_through_z(model, batch):
+    torch.manual_seed(batch)
+    model.train()
+    crit = DecouplingLoss(model, K, preset("resnet56_cifar"))
+    x = torch.randn(batch, 3, 8, 8)
+    labels = torch.randint(0, K, (batch,))
+    total, parts = crit(model(x), labels)
+    for g in gates(model).values():
+        assert g.z.requires_grad
+    for path, g in gates(model).items():
+        # mi and sparsity depend on the model only through z: a nonzero grad proves the path
+        for part in ("mi", "sparsity", "kl"):
+            (grad,) = torch.autograd.grad(parts[part], g.fc2.bias, retain_graph=True)
+            assert torch.isfinite(grad).all(), (path, part)
+            assert grad.abs().sum() > 0, (path, part)
+        # R = 0: more open channels can only cost more
+        (gs,) = torch.autograd.grad(parts["sparsity"], g.fc2.bias, retain_graph=True)
+        assert (gs >= 0).all()
+    total.backward()
+    for lin in crit.classifiers.values():
+        assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
