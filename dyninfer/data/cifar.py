@@ -8,7 +8,8 @@ Expected files:
 
 Security: pickle can run arbitrary code, so the files are read with a *restricted* unpickler
 that only resolves the few numpy names an ndarray needs (``_reconstruct``, ``ndarray``,
-``dtype``, ``scalar``) and refuses every other global. A malicious file then fails with a
+``dtype``, ``scalar``, ``_frombuffer``) plus ``_codecs.encode`` (bytes in protocol-2 files written by Python 3)
+and refuses every other global. A malicious file then fails with a
 DatasetError instead of executing code. Still, read only folders you obtained from a source
 you trust.
 """
@@ -37,6 +38,8 @@ _ALLOWED = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+    ("_codecs", "encode"),  # how Python 3 writes bytes in pickle protocol <= 2 (re-pickled batches)
 }
 
 
@@ -44,8 +47,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR batch")
-        if module == "numpy.core.multiarray":  # numpy >= 2 moved it; avoid the deprecated alias
-            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy >= 2 moved it: skip the deprecated alias
+            module = "numpy._core." + module[len("numpy.core."):]
         return super().find_class(module, name)
 
 

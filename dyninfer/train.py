@@ -1,0 +1,500 @@
+"""Training loop for dense and decoupled (gated) models, single process or torchrun/DDP.
+
+    result = train(TrainConfig(model="resnet20", dataset="digits", gated=True, preset=...))
+
+Recipe (DESIGN.md Sec. 1): SGD momentum 0.9, lr ÷10 at 50% and 75% of the epochs, weight decay
+1e-4 on the network. Gate parameters (``*_gate.*``) and the loss's auxiliary classifiers W_cla get
+NO weight decay (``gate_weight_decay=0``): decay would pull every gate logit toward its threshold
+0 and so fight the sparsity target R that L_s alone is meant to set. A gated run without
+``init_checkpoint`` first trains the dense model (``dense_epochs``) and initialises the gated one
+from it, as the paper initialises from a dense pre-trained network.
+
+Distributed: under ``torchrun --nproc-per-node N`` (detected from WORLD_SIZE/RANK) the same entry
+point uses DistributedDataParallel with the gloo backend on CPU. The DDP-wrapped module holds both
+the network and the DecouplingLoss (whose W_cla are parameters) and computes the loss inside its
+forward, so every trainable tensor is all-reduced; BatchNorm buffers are broadcast from rank 0 after
+every epoch so all ranks hold identical state. ``batch_size`` is the global batch (each rank takes
+batch_size / N). Rank 0 alone prints, writes the JSON-lines log and the checkpoints.
+
+Outputs in ``out_dir``: config.json, log.jsonl (one JSON object per epoch), best.safetensors,
+last.safetensors (dyninfer.checkpoint format); a dense pre-training run writes to out_dir/dense.
+
+Reported per epoch: train loss and each loss part (batch means), train and test accuracy, the
+eval-mode gate density of every gated layer (mean of z over the test set and channels), the
+overall density (kept channels / gated channels, all layers pooled), and MACs per sample from
+dyninfer.flops.count_macs (dense and effective, averaged over ``macs_samples`` test images).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from . import checkpoint as ckpt
+from .data import list_datasets, load_dataset
+from .models import create_model, list_models
+from .nn import gates
+
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "load_init_weights", "available_cpus"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; validated on construction (errors name the field)."""
+
+    model: str = "resnet20"
+    dataset: str = "digits"
+    data_root: str | None = None
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of ``epochs`` where lr is multiplied by gamma
+    gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    gate_weight_decay: float = 0.0  # on *_gate.* params and the loss's W_cla (see module docstring)
+    gated: bool = True
+    reduction: int = 4  # gate bottleneck γ
+    # Loss (gated only): a named preset from dyninfer.losses, then any field given here overrides it.
+    preset: str | None = None
+    lambda_mi: float | None = None
+    lambda_kl: float | None = None
+    lambda_s: float | None = None
+    target_ratio: float | None = None
+    init_checkpoint: str | None = None
+    dense_epochs: int | None = None  # dense pre-training when gated without init_checkpoint; None = epochs
+    dense_lr: float | None = None  # lr of that pre-training; None = lr
+    out_dir: str = "runs/train"
+    seed: int = 0
+    num_workers: int = 0
+    threads: int | None = None  # torch threads per process; None = available cores / processes
+    train_subset: int | None = None  # use a seeded random subset of this many training samples
+    test_subset: int | None = None  # evaluate on the first this many test samples
+    augment: bool = True
+    image_size: int = 224  # imagefolder only
+    macs_samples: int = 256  # test images whose effective MACs are counted each epoch
+    progress: bool = True  # tqdm bar (rank 0)
+
+    def __post_init__(self):
+        if self.model not in list_models():
+            raise ValueError(f"TrainConfig.model: unknown model '{self.model}'; registered: {', '.join(list_models())}")
+        if self.dataset not in list_datasets():
+            raise ValueError(f"TrainConfig.dataset: unknown dataset '{self.dataset}'; available: "
+                             f"{', '.join(list_datasets())}")
+        for name in ("epochs", "batch_size", "reduction", "image_size", "macs_samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("dense_epochs", "train_subset", "test_subset", "threads"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {v}")
+        if self.num_workers < 0:
+            raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers}")
+        for name in ("lr", "gamma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.dense_lr is not None and not self.dense_lr > 0:
+            raise ValueError(f"TrainConfig.dense_lr must be > 0, got {self.dense_lr}")
+        for name in ("momentum", "weight_decay", "gate_weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
+        if any(not 0 < m <= 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"TrainConfig.milestones: increasing fractions of the epochs in (0, 1], "
+                             f"got {self.milestones}")
+        if self.target_ratio is not None and not 0 <= self.target_ratio <= 1:
+            raise ValueError(f"TrainConfig.target_ratio must lie in [0, 1], got {self.target_ratio}")
+        for name in ("lambda_mi", "lambda_kl", "lambda_s"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {v}")
+        if not self.gated and self.has_loss_settings():
+            raise ValueError("TrainConfig: preset/lambda_*/target_ratio apply to gated training only (gated=False)")
+        if self.dataset != "digits" and self.data_root is None:
+            raise ValueError(f"TrainConfig.data_root: dataset '{self.dataset}' is read from a local folder; "
+                             f"pass its path (only 'digits' is embedded)")
+        if self.preset is not None:
+            self.loss_config()  # unknown preset names fail now, not after dense pre-training
+
+    def has_loss_settings(self) -> bool:
+        return any(getattr(self, n) is not None
+                   for n in ("preset", "lambda_mi", "lambda_kl", "lambda_s", "target_ratio"))
+
+    def loss_config(self):
+        """The dyninfer.losses.LossConfig of this run: ``preset`` (or LossConfig's defaults) with the
+        lambda_* / target_ratio fields given here replacing the preset's."""
+        from .losses import LossConfig, preset
+
+        overrides = {n: getattr(self, n) for n in ("lambda_mi", "lambda_kl", "lambda_s", "target_ratio")
+                     if getattr(self, n) is not None}
+        if self.preset is not None:
+            return dataclasses.replace(preset(self.preset), **overrides)
+        try:
+            return LossConfig(**overrides)
+        except TypeError as exc:
+            raise ValueError(f"TrainConfig: without a preset give lambda_mi, lambda_kl, lambda_s and "
+                             f"target_ratio ({exc})") from exc
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    model: nn.Module  # final weights (rank 0's == every rank's), eval mode
+    history: list[dict[str, Any]]  # one entry per epoch (what log.jsonl holds)
+    final: dict[str, Any]  # last epoch's entry
+    best: dict[str, Any]  # entry of the epoch with the highest test accuracy
+    best_path: Path | None  # None on ranks != 0
+    last_path: Path | None
+    seconds: float
+    dense: "TrainResult | None" = None  # the dense pre-training run, when one was done
+    loss_config: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed context
+
+
+@dataclass(frozen=True)
+class _Dist:
+    world: int = 1
+    rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _init_dist() -> tuple[_Dist, bool]:
+    """(context, whether we created the process group). Uses torchrun's env vars."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(), False
+    rank = int(os.environ.get("RANK", "0"))
+    created = False
+    if not dist.is_initialized():
+        for var in ("MASTER_ADDR", "MASTER_PORT"):
+            if var not in os.environ:
+                raise RuntimeError(f"WORLD_SIZE={world} but {var} is not set: launch with torchrun "
+                                   f"--nproc-per-node {world} (or set MASTER_ADDR/MASTER_PORT)")
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        created = True
+    return _Dist(dist.get_world_size(), dist.get_rank()), created
+
+
+# ---------------------------------------------------------------------------------------------
+# model + loss in one module (what DDP wraps)
+
+
+class _CrossEntropy(nn.Module):
+    def forward(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        ce = F.cross_entropy(logits, labels)
+        return ce, {"ce": ce.detach()}
+
+
+class _TrainStep(nn.Module):
+    """forward(x, y) -> (total loss, parts, logits). The loss runs inside forward so DDP sees and
+    synchronises its parameters (W_cla) together with the network's."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module):
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, x: Tensor, y: Tensor):
+        logits = self.model(x)
+        total, parts = self.criterion(logits, y)
+        return total, parts, logits
+
+
+def _param_groups(model: nn.Module, criterion: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    net, gate = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (gate if "_gate." in name else net).append(p)
+    seen = {id(p) for p in model.parameters()}
+    aux = [p for p in criterion.parameters() if id(p) not in seen and p.requires_grad]  # W_cla
+    groups = [{"params": net, "weight_decay": cfg.weight_decay}]
+    if gate or aux:
+        groups.append({"params": gate + aux, "weight_decay": cfg.gate_weight_decay})
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int]:
+    train_ds = load_dataset(cfg.dataset, cfg.data_root, "train", augment=cfg.augment, image_size=cfg.image_size)
+    test_ds = load_dataset(cfg.dataset, cfg.data_root, "test", augment=False, image_size=cfg.image_size)
+    num_classes = train_ds.num_classes
+    if cfg.train_subset is not None and cfg.train_subset < len(train_ds):
+        g = torch.Generator().manual_seed(cfg.seed)
+        idx = torch.randperm(len(train_ds), generator=g)[: cfg.train_subset].tolist()
+        train_ds = Subset(train_ds, idx)
+    if cfg.test_subset is not None and cfg.test_subset < len(test_ds):
+        test_ds = Subset(test_ds, list(range(cfg.test_subset)))
+    return train_ds, test_ds, num_classes
+
+
+def _train_loader(ds: Dataset, cfg: TrainConfig, d: _Dist):
+    if cfg.batch_size % d.world:
+        raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} (global) must be divisible by the "
+                         f"{d.world} processes")
+    per_rank = cfg.batch_size // d.world
+    if d.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
+        n = math.ceil(len(ds) / d.world)
+    else:
+        sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(cfg.seed))
+        n = len(ds)
+    # a final batch of one sample breaks BatchNorm in train mode: drop it in that case only
+    drop_last = n % per_rank == 1
+    return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers, drop_last=drop_last)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, macs_samples: int = 256) -> dict[str, Any]:
+    """Eval-mode test accuracy, per-layer gate density (mean of z over samples and channels), overall
+    density (kept / total gated channels, layers pooled) and MACs per sample on the first
+    ``macs_samples`` images (dense and effective, dyninfer.flops.count_macs)."""
+    from .flops import count_macs
+
+    model.eval()
+    gate_map = gates(model)
+    kept = {name: 0.0 for name in gate_map}
+    correct, n, loss_sum = 0, 0, 0.0
+    macs_x: list[Tensor] = []
+    n_macs = 0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += y.shape[0]
+        for name, g in gate_map.items():
+            kept[name] += g.z.sum().item()  # z: (B, N) of this batch
+        if n_macs < macs_samples:
+            macs_x.append(x[: macs_samples - n_macs])
+            n_macs += macs_x[-1].shape[0]
+    out: dict[str, Any] = {"test_acc": correct / max(n, 1), "test_loss": loss_sum / max(n, 1)}
+    if gate_map:
+        channels = {name: g.out_channels for name, g in gate_map.items()}
+        out["density"] = {name: kept[name] / (n * channels[name]) for name in gate_map}
+        out["density_mean"] = sum(kept.values()) / (n * sum(channels.values()))
+    report = count_macs(model, torch.cat(macs_x))
+    out["macs_dense"] = float(report.dense)
+    out["macs_effective"] = float(torch.as_tensor(report.effective, dtype=torch.float64).mean())
+    model.eval()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisation
+
+
+def load_init_weights(model: nn.Module, path: str | os.PathLike) -> str:
+    """Load a checkpoint into ``model``. A dense checkpoint initialises a gated model (only the
+    ``*_gate.*`` parameters stay as built: all gates open); otherwise names must match exactly.
+    Returns 'dense->gated' or 'exact'."""
+    state, _ = ckpt.load_checkpoint(path)
+    result = model.load_state_dict(state, strict=False)
+    missing_non_gate = [k for k in result.missing_keys if "_gate." not in k]
+    if result.unexpected_keys or missing_non_gate:
+        raise ckpt.CheckpointError(
+            f"init checkpoint {path} does not fit model: unexpected {result.unexpected_keys[:5]}, "
+            f"missing {missing_non_gate[:5]}")
+    return "dense->gated" if result.missing_keys else "exact"
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def _fmt_macs(v: float) -> str:
+    return f"{v / 1e6:.2f}M"
+
+
+def _epoch_line(e: dict[str, Any], epochs: int) -> str:
+    parts = " ".join(f"{k} {v:.4g}" for k, v in e["train_parts"].items())
+    s = (f"epoch {e['epoch']:>3}/{epochs} lr {e['lr']:.3g} loss {e['train_loss']:.4f} ({parts}) "
+         f"train_acc {e['train_acc']:.4f} test_acc {e['test_acc']:.4f}")
+    if "density_mean" in e:
+        s += f" density {e['density_mean']:.3f}"
+    s += f" MACs {_fmt_macs(e['macs_effective'])}/{_fmt_macs(e['macs_dense'])} {e['seconds']:.1f}s"
+    return s
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    for b in model.buffers():
+        dist.broadcast(b, src=0)
+
+
+def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
+    t0 = time.perf_counter()
+    out_dir = Path(cfg.out_dir)
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    train_ds, test_ds, num_classes = _datasets(cfg)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+    model = create_model(cfg.model, num_classes=num_classes, gated=cfg.gated, reduction=cfg.reduction)
+    init = None
+    if cfg.init_checkpoint is not None:
+        init = load_init_weights(model, cfg.init_checkpoint)
+    loss_cfg = None
+    if cfg.gated:
+        from .losses import DecouplingLoss
+
+        loss_cfg = cfg.loss_config()
+        criterion = DecouplingLoss(model, num_classes, loss_cfg)
+    else:
+        criterion = _CrossEntropy()
+    step_module = _TrainStep(model, criterion)
+    groups = _param_groups(model, criterion, cfg)
+    torch.manual_seed(cfg.seed + 1 + d.rank)  # gate noise / augmentation differ between ranks
+    wrapped: nn.Module = step_module
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # find_unused_parameters: with lambda_* = 0 a loss part (and its W_cla) may not take part
+        wrapped = DDP(step_module, find_unused_parameters=cfg.gated)
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    milestones = sorted({max(1, int(round(m * cfg.epochs))) for m in cfg.milestones if m < 1})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
+    train_loader = _train_loader(train_ds, cfg, d)
+    test_loader = DataLoader(test_ds, batch_size=max(cfg.batch_size, 128), shuffle=False,
+                             num_workers=cfg.num_workers)
+
+    log_path = out_dir / "log.jsonl"
+    meta = {"train": cfg.to_json(), "num_classes": num_classes, "world_size": d.world,
+            "loss": asdict(loss_cfg) if loss_cfg is not None else None, "init": init}
+    if d.main:
+        (out_dir / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        log_path.write_text("")
+        kind = "gated" if cfg.gated else "dense"
+        print(f"[dyninfer] training {kind} {cfg.model} on {cfg.dataset} ({len(train_ds)} train / "
+              f"{len(test_ds)} test) for {cfg.epochs} epochs, {d.world} process(es) x "
+              f"{torch.get_num_threads()} threads" + (f", loss {loss_cfg}" if loss_cfg else "")
+              + (f", init {cfg.init_checkpoint} ({init})" if init else ""), flush=True)
+
+    from tqdm import tqdm
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_path = last_path = None
+    for epoch in range(1, cfg.epochs + 1):
+        te = time.perf_counter()
+        if d.enabled:
+            train_loader.sampler.set_epoch(epoch)
+        wrapped.train()
+        lr = opt.param_groups[0]["lr"]
+        sums: dict[str, float] = {}
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not (cfg.progress and d.main))
+        for x, y in bar:
+            total, parts, logits = wrapped(x, y)
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"epoch {epoch}: loss is {total.item()} (lr {lr}); lower the lr")
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            b = y.shape[0]
+            loss_sum += total.item() * b
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * b
+            correct += (logits.detach().argmax(1) == y).sum().item()
+            seen += b
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        sched.step()
+        if d.enabled:
+            _sync_buffers(model)  # BN running stats: rank 0's everywhere
+            stats = torch.tensor([loss_sum, float(correct), float(seen)] + [sums[k] for k in sorted(sums)],
+                                 dtype=torch.float64)
+            dist.all_reduce(stats)
+            loss_sum, correct, seen = stats[0].item(), int(stats[1].item()), int(stats[2].item())
+            sums = {k: stats[3 + i].item() for i, k in enumerate(sorted(sums))}
+        entry: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
+                                 "train_parts": {k: v / seen for k, v in sums.items()},
+                                 "train_acc": correct / seen}
+        # every rank evaluates the full test set (identical weights -> identical numbers; no barrier)
+        entry.update(evaluate(model, test_loader, cfg.macs_samples))
+        entry["seconds"] = time.perf_counter() - te
+        history.append(entry)
+        is_best = best is None or entry["test_acc"] >= best["test_acc"]
+        if is_best:
+            best = entry
+        if d.main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(entry, sort_keys=True) + "\n")
+            tqdm.write(_epoch_line(entry, cfg.epochs))
+            metrics = {k: entry[k] for k in ("epoch", "test_acc", "test_loss", "macs_dense", "macs_effective")}
+            if "density_mean" in entry:
+                metrics["density_mean"] = entry["density_mean"]
+            last_path = ckpt.save_checkpoint(out_dir / "last", model, meta, metrics)
+            if is_best:
+                best_path = ckpt.save_checkpoint(out_dir / "best", model, meta, metrics)
+    model.eval()
+    return TrainResult(config=cfg, model=model, history=history, final=history[-1], best=best,
+                       best_path=best_path, last_path=last_path, seconds=time.perf_counter() - t0,
+                       loss_config=loss_cfg)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train as ``cfg`` says; under torchrun (WORLD_SIZE > 1) with DDP/gloo. A gated run without
+    ``init_checkpoint`` first trains the dense model into ``out_dir/dense`` and starts from it."""
+    d, created = _init_dist()
+    threads = cfg.threads or max(1, available_cpus() // d.world)
+    torch.set_num_threads(threads)
+    try:
+        dense = None
+        if cfg.gated and cfg.init_checkpoint is None:
+            dense_cfg = dataclasses.replace(
+                cfg, gated=False, preset=None, lambda_mi=None, lambda_kl=None, lambda_s=None, target_ratio=None,
+                epochs=cfg.dense_epochs or cfg.epochs, lr=cfg.dense_lr or cfg.lr,
+                out_dir=str(Path(cfg.out_dir) / "dense"))
+            dense = _run(dense_cfg, d)
+            init_path = Path(dense_cfg.out_dir) / ("last" + ckpt.SUFFIX)
+            if d.enabled:
+                dist.barrier()  # rank 0 has written the dense checkpoint
+            cfg = dataclasses.replace(cfg, init_checkpoint=str(init_path))
+        result = _run(cfg, d)
+        result.dense = dense
+        return result
+    finally:
+        if created:
+            dist.destroy_process_group()
