@@ -1,0 +1,65 @@
+// Torch-free sparse direct convolution: computes only the listed output channels from the
+// listed (compact) input channels. Raw pointers and plain sizes only.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu_features.h"
+
+namespace dyninfer {
+
+// One call computes output channels of groups [g_begin, g_end) for every output vector.
+//
+// Input: n_in compact channel planes, plane c at `in + c * cstride`; tap (ky, kx) of an output
+// vector whose first input element is at offset in_off[v] reads `in + c*cstride + in_off[v] +
+// ky*rs + kx` (direct stride-1 path: rs = padded row width; im2col path: kh = taps, kw = 1,
+// rs = tap plane size). in_real[c] is the weight column of compact channel c.
+// Weights: w[o][I][kh*kw] (BN folded), row of output channel o at w + o * w_ostride.
+// Output vector v (vw consecutive pixels of one row, `valid[v]` of them real) goes to
+// out_plane[k] + out_off[v] for the k-th computed channel, plus res_plane[k] + res_off[v] when a
+// residual plane is given, then bias, optional ReLU. sums[out_real[k]] += Σ stored values when
+// sums != nullptr (the per-channel sums the next gate's GAP needs).
+struct ConvCall {
+  const float* in = nullptr;
+  int64_t cstride = 0;
+  int n_in = 0;
+  const int32_t* in_real = nullptr;
+  const float* w = nullptr;
+  int64_t w_ostride = 0;
+  int kh = 1, kw = 1;
+  int64_t rs = 0;
+  int n_vec = 0;
+  const int64_t* in_off = nullptr;
+  const int64_t* out_off = nullptr;
+  const int64_t* res_off = nullptr;
+  const int32_t* valid = nullptr;
+  const int32_t* out_real = nullptr;  // real output channel of each computed channel
+  float* const* out_plane = nullptr;
+  const float* const* res_plane = nullptr;  // entries may be null (no residual for that channel)
+  const float* bias = nullptr;              // indexed by real output channel
+  bool relu = false;
+  float* sums = nullptr;  // indexed by real output channel; nullptr: not needed
+  // Channel groups: group g covers computed channels [group_start[g], group_start[g]+group_size[g]).
+  const int32_t* group_start = nullptr;
+  const int32_t* group_size = nullptr;
+  int g_begin = 0, g_end = 0;
+};
+
+// Vector width (pixels per output vector) of an ISA's conv kernel.
+int conv_vector_width(Isa isa);
+// Largest channel-group size the kernels take (groups are built as 3s and 2s, never 1 unless
+// only one channel is computed).
+constexpr int kMaxGroup = 3;
+constexpr int kTileVectors = 4;
+
+void conv_run(Isa isa, const ConvCall& call);
+
+void conv_run_portable(const ConvCall& call);
+void conv_run_avx2(const ConvCall& call);
+void conv_run_avx512(const ConvCall& call);
+
+// Single-core FMA peak probe: runs `iters` iterations of `chains` independent FMA chains of the
+// ISA's vector width; returns FLOPs executed (2 per lane per FMA).
+double fma_peak_probe(Isa isa, int64_t iters);
+
+}  // namespace dyninfer

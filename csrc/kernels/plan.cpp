@@ -1,0 +1,863 @@
+#include "plan.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+#include "conv.h"
+
+namespace dyninfer {
+
+namespace {
+
+constexpr int64_t kSlack = 128;  // floats after each slot: tail vectors may read a little past the last plane
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+using FloatArray = std::unique_ptr<float[], AlignedFree>;
+
+FloatArray alloc_zeroed(int64_t n) {
+  const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(n, 16) * 4, 64));
+  void* p = std::aligned_alloc(64, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  return FloatArray(static_cast<float*>(p));
+}
+
+std::string at_op(int i, int kind) { return "op " + std::to_string(i) + " (kind " + std::to_string(kind) + ")"; }
+
+}  // namespace
+
+int op_field_count(int kind) {
+  switch (kind) {
+    case kConv: return 18;
+    case kGate: return 10;
+    case kMaxPool: return 8;
+    case kAvgPool: return 10;
+    case kLinear: return 5;
+    case kConcat: return -1;
+    case kAdd: return 4;
+    case kAffine: return 5;
+    case kShortcut: return 4;
+    default: return -2;
+  }
+}
+
+struct Workspace {
+  std::vector<FloatArray> slots;
+  std::vector<float*> buf_data;  // per buffer: its slot's base
+  std::vector<std::vector<int32_t>> active;
+  std::vector<std::vector<float>> sums;
+  std::vector<char> sums_valid;
+  std::vector<std::vector<int32_t>> kept;
+  FloatArray col;
+  std::vector<int32_t> out_real, group_start, group_size, tmp;
+  std::vector<float*> out_plane;
+  std::vector<const float*> res_plane;
+  std::vector<float> gvec, hidden, glog;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Construction
+
+Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, std::vector<WeightRef> weights,
+           std::vector<std::string> names, Isa isa)
+    : weights_(std::move(weights)), isa_(isa), vw_(conv_vector_width(isa)) {
+  size_t p = 0;
+  auto next = [&](const char* what) -> int64_t {
+    if (p >= meta.size()) throw PlanError(std::string("plan meta truncated while reading ") + what);
+    return meta[p++];
+  };
+  const int64_t nb = next("buffer count");
+  if (nb <= 0 || nb > 1000000) throw PlanError("plan meta: bad buffer count " + std::to_string(nb));
+  int n_slots = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    Buffer buf;
+    buf.C = static_cast<int>(next("C"));
+    buf.H = static_cast<int>(next("H"));
+    buf.W = static_cast<int>(next("W"));
+    buf.B = static_cast<int>(next("B"));
+    buf.slot = static_cast<int>(next("slot"));
+    if (buf.C <= 0 || buf.H <= 0 || buf.W <= 0 || buf.B < 0 || buf.B > 64 || buf.slot < 0)
+      throw PlanError("plan meta: buffer " + std::to_string(b) + " has invalid geometry");
+    buf.Hp = buf.H + 2 * buf.B;
+    buf.Wp = buf.W + 2 * buf.B;
+    buf.plane = round_up(static_cast<int64_t>(buf.Hp) * buf.Wp, 16);
+    n_slots = std::max(n_slots, buf.slot + 1);
+    max_channels_ = std::max(max_channels_, buf.C);
+    buffers_.push_back(buf);
+  }
+  slot_floats_.assign(n_slots, 0);
+  // Buffers sharing a slot must share (H, W, B) so that borders stay zero.
+  std::vector<int> slot_owner(n_slots, -1);
+  for (int b = 0; b < nb; ++b) {
+    const Buffer& buf = buffers_[b];
+    int& own = slot_owner[buf.slot];
+    if (own >= 0) {
+      const Buffer& o = buffers_[own];
+      if (o.H != buf.H || o.W != buf.W || o.B != buf.B)
+        throw PlanError("plan meta: buffers " + std::to_string(own) + " and " + std::to_string(b) +
+                        " share slot " + std::to_string(buf.slot) + " with different geometry");
+    } else {
+      own = b;
+    }
+    slot_floats_[buf.slot] = std::max(slot_floats_[buf.slot], buf.C * buf.plane + kSlack);
+  }
+  input_ = static_cast<int>(next("input buffer"));
+  output_ = static_cast<int>(next("output buffer"));
+  if (input_ < 0 || input_ >= nb || output_ < 0 || output_ >= nb) throw PlanError("plan meta: bad input/output buffer");
+  const int64_t ng = next("gate count");
+  if (ng < 0) throw PlanError("plan meta: bad gate count");
+  for (int64_t g = 0; g < ng; ++g) {
+    const int64_t n = next("gate size");
+    if (n <= 0) throw PlanError("plan meta: gate " + std::to_string(g) + " has no channels");
+    gate_sizes_.push_back(static_cast<int>(n));
+    gate_path_off_.push_back(path_len_);
+    path_len_ += n;
+  }
+  if (p != meta.size()) throw PlanError("plan meta has trailing values");
+
+  auto buf_ok = [&](int64_t b, int opi, const char* role) {
+    if (b < 0 || b >= nb) throw PlanError("op " + std::to_string(opi) + ": bad " + role + " buffer " + std::to_string(b));
+    return static_cast<int>(b);
+  };
+  auto weight = [&](int64_t t, int64_t numel, int opi, const char* role) -> const float* {
+    if (t < 0) return nullptr;
+    if (t >= static_cast<int64_t>(weights_.size()))
+      throw PlanError("op " + std::to_string(opi) + ": " + role + " refers to missing weight " + std::to_string(t));
+    if (weights_[t].numel != numel)
+      throw PlanError("op " + std::to_string(opi) + ": " + role + " has " + std::to_string(weights_[t].numel) +
+                      " values, expected " + std::to_string(numel));
+    return weights_[t].data;
+  };
+
+  size_t q = 0;
+  int opi = 0;
+  while (q < ops.size()) {
+    if (q + 2 > ops.size()) throw PlanError("plan ops truncated");
+    const int kind = static_cast<int>(ops[q]);
+    const int64_t cnt = ops[q + 1];
+    const int expect = op_field_count(kind);
+    if (expect == -2) throw PlanError(at_op(opi, kind) + ": unknown op kind");
+    if (cnt < 0 || q + 2 + cnt > ops.size() || (expect >= 0 && cnt != expect))
+      throw PlanError(at_op(opi, kind) + ": wrong field count " + std::to_string(cnt));
+    const int64_t* f = ops.data() + q + 2;
+    switch (kind) {
+      case kConv: {
+        ConvOp c;
+        c.in = buf_ok(f[0], opi, "input");
+        c.out = buf_ok(f[1], opi, "output");
+        c.res = f[2] < 0 ? -1 : buf_ok(f[2], opi, "residual");
+        c.O = static_cast<int>(f[5]);
+        c.I = static_cast<int>(f[6]);
+        c.kh = static_cast<int>(f[7]);
+        c.kw = static_cast<int>(f[8]);
+        c.sh = static_cast<int>(f[9]);
+        c.sw = static_cast<int>(f[10]);
+        c.ph = static_cast<int>(f[11]);
+        c.pw = static_cast<int>(f[12]);
+        c.dh = static_cast<int>(f[13]);
+        c.dw = static_cast<int>(f[14]);
+        c.relu = f[15] != 0;
+        c.gate = static_cast<int>(f[16]);
+        const Buffer &bi = buffers_[c.in], &bo = buffers_[c.out];
+        c.name = convs_.size() < names.size() ? names[convs_.size()] : "conv" + std::to_string(convs_.size());
+        if (c.I != bi.C || c.O != bo.C || c.kh <= 0 || c.kw <= 0 || c.sh <= 0 || c.sw <= 0 || c.dh <= 0 ||
+            c.dw <= 0 || c.ph < 0 || c.pw < 0)
+          throw PlanError("conv '" + c.name + "': inconsistent shape fields");
+        const int ho = (bi.H + 2 * c.ph - c.dh * (c.kh - 1) - 1) / c.sh + 1;
+        const int wo = (bi.W + 2 * c.pw - c.dw * (c.kw - 1) - 1) / c.sw + 1;
+        if (ho != bo.H || wo != bo.W)
+          throw PlanError("conv '" + c.name + "': output buffer is " + std::to_string(bo.H) + "x" +
+                          std::to_string(bo.W) + ", conv gives " + std::to_string(ho) + "x" + std::to_string(wo));
+        if (c.res >= 0 && (buffers_[c.res].C != bo.C || buffers_[c.res].H != bo.H || buffers_[c.res].W != bo.W))
+          throw PlanError("conv '" + c.name + "': residual buffer shape differs from the output");
+        if (c.gate >= static_cast<int>(gate_sizes_.size()) || (c.gate >= 0 && gate_sizes_[c.gate] != c.O))
+          throw PlanError("conv '" + c.name + "': gate index/size mismatch");
+        if (c.in == c.out || c.res == c.out || buffers_[c.in].slot == bo.slot ||
+            (c.res >= 0 && buffers_[c.res].slot == bo.slot))
+          throw PlanError("conv '" + c.name + "': output shares memory with an input");
+        c.w = weight(f[3], static_cast<int64_t>(c.O) * c.I * c.kh * c.kw, opi, "conv weight");
+        c.bias = weight(f[4], c.O, opi, "conv bias");
+        c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B && c.pw <= bi.B;
+        build_conv_vectors(c);
+        ops_.push_back({kConv, static_cast<int>(convs_.size())});
+        convs_.push_back(std::move(c));
+        break;
+      }
+      case kGate: {
+        GateOp g;
+        g.in = buf_ok(f[0], opi, "input");
+        g.gate = static_cast<int>(f[1]);
+        g.C = static_cast<int>(f[6]);
+        g.hidden = static_cast<int>(f[7]);
+        g.N = static_cast<int>(f[8]);
+        g.force_k = static_cast<int>(f[9]);
+        if (g.gate < 0 || g.gate >= static_cast<int>(gate_sizes_.size()) || gate_sizes_[g.gate] != g.N ||
+            g.C != buffers_[g.in].C || g.hidden <= 0 || g.force_k > g.N)
+          throw PlanError("gate op " + std::to_string(opi) + ": inconsistent sizes");
+        g.w1 = weight(f[2], static_cast<int64_t>(g.hidden) * g.C, opi, "gate fc1 weight");
+        g.b1 = weight(f[3], g.hidden, opi, "gate fc1 bias");
+        g.w2 = weight(f[4], static_cast<int64_t>(g.N) * g.hidden, opi, "gate fc2 weight");
+        g.b2 = weight(f[5], g.N, opi, "gate fc2 bias");
+        ops_.push_back({kGate, static_cast<int>(gates_.size())});
+        gates_.push_back(g);
+        break;
+      }
+      case kMaxPool:
+      case kAvgPool: {
+        PoolOp pl;
+        pl.in = buf_ok(f[0], opi, "input");
+        pl.out = buf_ok(f[1], opi, "output");
+        pl.kh = static_cast<int>(f[2]);
+        pl.kw = static_cast<int>(f[3]);
+        pl.sh = static_cast<int>(f[4]);
+        pl.sw = static_cast<int>(f[5]);
+        pl.ph = static_cast<int>(f[6]);
+        pl.pw = static_cast<int>(f[7]);
+        pl.max = kind == kMaxPool;
+        pl.count_include_pad = kind == kAvgPool ? f[8] != 0 : false;
+        pl.divisor = kind == kAvgPool ? static_cast<int>(f[9]) : 0;
+        if (pl.kh <= 0 || pl.kw <= 0 || pl.sh <= 0 || pl.sw <= 0 || buffers_[pl.in].C != buffers_[pl.out].C ||
+            buffers_[pl.in].slot == buffers_[pl.out].slot)
+          throw PlanError("pool op " + std::to_string(opi) + ": inconsistent fields");
+        ops_.push_back({kind, static_cast<int>(pools_.size())});
+        pools_.push_back(pl);
+        break;
+      }
+      case kLinear: {
+        LinearOp l;
+        l.in = buf_ok(f[0], opi, "input");
+        l.out = buf_ok(f[1], opi, "output");
+        const Buffer &bi = buffers_[l.in], &bo = buffers_[l.out];
+        l.in_features = bi.C * bi.H * bi.W;
+        l.out_features = bo.C;
+        if (bo.H != 1 || bo.W != 1 || bi.slot == bo.slot)
+          throw PlanError("linear op " + std::to_string(opi) + ": output must be a separate (N, 1, 1) buffer");
+        l.w = weight(f[2], static_cast<int64_t>(l.out_features) * l.in_features, opi, "linear weight");
+        l.b = weight(f[3], l.out_features, opi, "linear bias");
+        l.relu = f[4] != 0;
+        ops_.push_back({kLinear, static_cast<int>(linears_.size())});
+        linears_.push_back(l);
+        break;
+      }
+      case kConcat: {
+        ConcatOp c;
+        if (cnt < 2) throw PlanError("concat op " + std::to_string(opi) + ": no inputs");
+        c.out = buf_ok(f[0], opi, "output");
+        int off = 0;
+        for (int64_t i = 1; i < cnt; ++i) {
+          const int b = buf_ok(f[i], opi, "input");
+          const Buffer& bi = buffers_[b];
+          if (bi.H != buffers_[c.out].H || bi.W != buffers_[c.out].W || bi.slot == buffers_[c.out].slot)
+            throw PlanError("concat op " + std::to_string(opi) + ": input geometry differs from output");
+          c.ins.push_back(b);
+          c.offsets.push_back(off);
+          off += bi.C;
+        }
+        if (off != buffers_[c.out].C) throw PlanError("concat op " + std::to_string(opi) + ": channel count mismatch");
+        ops_.push_back({kConcat, static_cast<int>(concats_.size())});
+        concats_.push_back(std::move(c));
+        break;
+      }
+      case kAdd: {
+        AddOp a{buf_ok(f[0], opi, "a"), buf_ok(f[1], opi, "b"), buf_ok(f[2], opi, "output"), f[3] != 0};
+        const Buffer &ba = buffers_[a.a], &bb = buffers_[a.b], &bo = buffers_[a.out];
+        if (ba.C != bo.C || bb.C != bo.C || ba.H != bo.H || bb.H != bo.H || ba.W != bo.W || bb.W != bo.W ||
+            ba.slot == bo.slot || bb.slot == bo.slot)
+          throw PlanError("add op " + std::to_string(opi) + ": shapes differ");
+        ops_.push_back({kAdd, static_cast<int>(adds_.size())});
+        adds_.push_back(a);
+        break;
+      }
+      case kAffine: {
+        AffineOp a;
+        a.in = buf_ok(f[0], opi, "input");
+        a.out = buf_ok(f[1], opi, "output");
+        const Buffer &bi = buffers_[a.in], &bo = buffers_[a.out];
+        if (bi.C != bo.C || bi.H != bo.H || bi.W != bo.W || bi.slot == bo.slot)
+          throw PlanError("affine op " + std::to_string(opi) + ": shapes differ");
+        a.scale = weight(f[2], bi.C, opi, "scale");
+        a.shift = weight(f[3], bi.C, opi, "shift");
+        a.relu = f[4] != 0;
+        if (!a.scale || !a.shift) throw PlanError("affine op " + std::to_string(opi) + ": missing scale/shift");
+        ops_.push_back({kAffine, static_cast<int>(affines_.size())});
+        affines_.push_back(a);
+        break;
+      }
+      case kShortcut: {
+        ShortcutOp s{buf_ok(f[0], opi, "input"), buf_ok(f[1], opi, "output"), static_cast<int>(f[2]),
+                     static_cast<int>(f[3])};
+        const Buffer &bi = buffers_[s.in], &bo = buffers_[s.out];
+        if (s.stride <= 0 || s.pad < 0 || bo.C != bi.C + 2 * s.pad || bo.H != (bi.H + s.stride - 1) / s.stride ||
+            bo.W != (bi.W + s.stride - 1) / s.stride || bi.slot == bo.slot)
+          throw PlanError("shortcut op " + std::to_string(opi) + ": shapes differ");
+        ops_.push_back({kShortcut, static_cast<int>(shortcuts_.size())});
+        shortcuts_.push_back(s);
+        break;
+      }
+    }
+    q += 2 + cnt;
+    ++opi;
+  }
+  conv_ns_.assign(convs_.size(), 0.0);
+}
+
+Plan::~Plan() = default;
+
+void Plan::build_conv_vectors(ConvOp& c) {
+  const Buffer &bi = buffers_[c.in], &bo = buffers_[c.out];
+  const int ho = bo.H, wo = bo.W;
+  const int nvx = static_cast<int>((wo + vw_ - 1) / vw_);
+  const int64_t wv = static_cast<int64_t>(nvx) * vw_;
+  c.col_rows = wv;
+  if (!c.direct) col_floats_ = std::max(col_floats_, static_cast<int64_t>(c.I) * c.kh * c.kw * ho * wv + kSlack);
+  for (int y = 0; y < ho; ++y) {
+    for (int xb = 0; xb < nvx; ++xb) {
+      const int x = xb * vw_;
+      if (c.direct)
+        c.in_off.push_back(static_cast<int64_t>(y + bi.B - c.ph) * bi.Wp + (bi.B - c.pw) + x);
+      else
+        c.in_off.push_back(y * wv + x);
+      c.out_off.push_back(static_cast<int64_t>(y + bo.B) * bo.Wp + bo.B + x);
+      if (c.res >= 0) {
+        const Buffer& br = buffers_[c.res];
+        c.res_off.push_back(static_cast<int64_t>(y + br.B) * br.Wp + br.B + x);
+      }
+      c.valid.push_back(std::min(vw_, wo - x));
+    }
+  }
+}
+
+int64_t Plan::input_numel() const {
+  const Buffer& b = buffers_[input_];
+  return static_cast<int64_t>(b.C) * b.H * b.W;
+}
+
+int64_t Plan::output_numel() const {
+  const Buffer& b = buffers_[output_];
+  return static_cast<int64_t>(b.C) * b.H * b.W;
+}
+
+void Plan::set_profiling(bool on) const {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  profiling_ = on;
+  std::fill(conv_ns_.begin(), conv_ns_.end(), 0.0);
+}
+
+std::vector<double> Plan::conv_times_ns() const {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  return conv_ns_;
+}
+
+std::unique_ptr<Workspace> Plan::acquire() const {
+  {
+    std::lock_guard<std::mutex> lk(pool_mu_);
+    if (!pool_.empty()) {
+      auto ws = std::move(pool_.back());
+      pool_.pop_back();
+      return ws;
+    }
+  }
+  auto ws = std::make_unique<Workspace>();
+  for (int64_t n : slot_floats_) ws->slots.push_back(alloc_zeroed(n));
+  for (const Buffer& b : buffers_) {
+    ws->buf_data.push_back(ws->slots[b.slot].get());
+    ws->active.emplace_back();
+    ws->active.back().reserve(b.C);
+    ws->sums.emplace_back(b.C, 0.f);
+  }
+  ws->sums_valid.assign(buffers_.size(), 0);
+  for (int n : gate_sizes_) {
+    ws->kept.emplace_back();
+    ws->kept.back().reserve(n);
+  }
+  ws->col = alloc_zeroed(col_floats_ > 0 ? col_floats_ : 16);
+  const int mc = max_channels_ + 8;
+  ws->out_real.resize(mc);
+  ws->group_start.resize(mc);
+  ws->group_size.resize(mc);
+  ws->tmp.resize(mc);
+  ws->out_plane.resize(mc);
+  ws->res_plane.resize(mc);
+  ws->gvec.resize(mc);
+  ws->hidden.resize(mc);
+  ws->glog.resize(mc);
+  return ws;
+}
+
+void Plan::release(std::unique_ptr<Workspace> ws) const {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  pool_.push_back(std::move(ws));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Execution
+
+struct Executor {
+  const Plan& P;
+  Workspace& ws;
+  const ParallelFor* pfor;  // non-null: split conv channel groups across threads (batch 1)
+  bool open;
+
+  float* plane(int b, int pos) const { return ws.buf_data[b] + pos * P.buffers_[b].plane; }
+  float* interior(int b, int pos) const {
+    const Buffer& B = P.buffers_[b];
+    return plane(b, pos) + static_cast<int64_t>(B.B) * B.Wp + B.B;
+  }
+
+  void channel_sums(int b) {
+    if (ws.sums_valid[b]) return;
+    const Buffer& B = P.buffers_[b];
+    auto& s = ws.sums[b];
+    std::fill(s.begin(), s.end(), 0.f);
+    const auto& act = ws.active[b];
+    for (size_t i = 0; i < act.size(); ++i) {
+      const float* p = interior(b, static_cast<int>(i));
+      double acc = 0;
+      for (int y = 0; y < B.H; ++y)
+        for (int x = 0; x < B.W; ++x) acc += p[y * B.Wp + x];
+      s[act[i]] = static_cast<float>(acc);
+    }
+    ws.sums_valid[b] = 1;
+  }
+
+  void set_input(const float* x) {
+    const int b = P.input_;
+    const Buffer& B = P.buffers_[b];
+    auto& act = ws.active[b];
+    act.resize(B.C);
+    for (int c = 0; c < B.C; ++c) {
+      act[c] = c;
+      float* dst = interior(b, c);
+      const float* src = x + static_cast<int64_t>(c) * B.H * B.W;
+      for (int y = 0; y < B.H; ++y) std::memcpy(dst + y * B.Wp, src + y * B.W, sizeof(float) * B.W);
+    }
+  }
+
+  void gate(const GateOp& g, float* path) {
+    auto& kept = ws.kept[g.gate];
+    kept.clear();
+    if (open) {
+      for (int n = 0; n < g.N; ++n) kept.push_back(n);
+    } else {
+      channel_sums(g.in);
+      const Buffer& B = P.buffers_[g.in];
+      const float inv = 1.0f / static_cast<float>(B.H * B.W);
+      const auto& act = ws.active[g.in];
+      const auto& s = ws.sums[g.in];
+      float* h = ws.hidden.data();
+      if (static_cast<int>(ws.hidden.size()) < g.hidden) ws.hidden.resize(g.hidden), h = ws.hidden.data();
+      for (int j = 0; j < g.hidden; ++j) {
+        float a = g.b1[j];
+        const float* w = g.w1 + static_cast<int64_t>(j) * g.C;
+        for (int c : act) a += w[c] * (s[c] * inv);
+        h[j] = a > 0.f ? a : 0.f;
+      }
+      float* lg = ws.glog.data();
+      for (int n = 0; n < g.N; ++n) {
+        float a = g.b2[n];
+        const float* w = g.w2 + static_cast<int64_t>(n) * g.hidden;
+        for (int j = 0; j < g.hidden; ++j) a += w[j] * h[j];
+        lg[n] = a;
+      }
+      if (g.force_k >= 0) {
+        auto& idx = ws.tmp;
+        for (int n = 0; n < g.N; ++n) idx[n] = n;
+        std::partial_sort(idx.begin(), idx.begin() + g.force_k, idx.begin() + g.N, [&](int a, int b) {
+          return lg[a] > lg[b] || (lg[a] == lg[b] && a < b);
+        });
+        kept.assign(idx.begin(), idx.begin() + g.force_k);
+        std::sort(kept.begin(), kept.end());
+      } else {
+        for (int n = 0; n < g.N; ++n)
+          if (lg[n] > 0.f) kept.push_back(n);
+      }
+    }
+    if (path) {
+      float* z = path + P.gate_path_off_[g.gate];
+      std::fill(z, z + g.N, 0.f);
+      for (int n : kept) z[n] = 1.f;
+    }
+  }
+
+  void conv(int ci) {
+    const ConvOp& c = P.convs_[ci];
+    const Buffer &bi = P.buffers_[c.in], &bo = P.buffers_[c.out];
+    const auto& in_act = ws.active[c.in];
+    const int n_in = static_cast<int>(in_act.size());
+    // Kept output channels (sorted) and the output's active list (∪ residual's).
+    const std::vector<int32_t>* keptp = nullptr;
+    std::vector<int32_t>& all = ws.tmp;
+    if (c.gate >= 0 && !open) {
+      keptp = &ws.kept[c.gate];
+    } else {
+      all.resize(c.O);
+      std::iota(all.begin(), all.end(), 0);
+      keptp = &all;
+    }
+    const auto& kept = *keptp;
+    auto& out_act = ws.active[c.out];
+    out_act.clear();
+    auto& sums = ws.sums[c.out];
+    std::fill(sums.begin(), sums.end(), 0.f);
+    int nk = 0;
+    const std::vector<int32_t>* res_act = c.res >= 0 ? &ws.active[c.res] : nullptr;
+    size_t i = 0, j = 0;
+    const size_t nr = res_act ? res_act->size() : 0;
+    while (i < kept.size() || j < nr) {
+      const int a = i < kept.size() ? kept[i] : INT32_MAX;
+      const int r = j < nr ? (*res_act)[j] : INT32_MAX;
+      const int pos = static_cast<int>(out_act.size());
+      if (a <= r) {
+        out_act.push_back(a);
+        ws.out_real[nk] = a;
+        ws.out_plane[nk] = plane(c.out, pos);
+        ws.res_plane[nk] = (a == r) ? plane(c.res, static_cast<int>(j)) : nullptr;
+        ++nk;
+        ++i;
+        if (a == r) ++j;
+      } else {
+        // Channel only in the residual: out = relu?(res).
+        out_act.push_back(r);
+        const float* src = interior(c.res, static_cast<int>(j));
+        float* dst = interior(c.out, pos);
+        const Buffer& br = P.buffers_[c.res];
+        double acc = 0;
+        for (int y = 0; y < bo.H; ++y)
+          for (int x = 0; x < bo.W; ++x) {
+            float v = src[y * br.Wp + x];
+            if (c.relu) v = v > 0.f ? v : 0.f;
+            dst[y * bo.Wp + x] = v;
+            acc += v;
+          }
+        sums[r] = static_cast<float>(acc);
+        ++j;
+      }
+    }
+    ws.sums_valid[c.out] = 1;
+    if (nk == 0) return;
+    // Channel groups of 3, with 2s for the remainder (never a lone channel unless nk == 1).
+    int ng = 0;
+    {
+      int k = 0, left = nk;
+      while (left > 0) {
+        int m = left >= 3 ? 3 : left;
+        if (left == 4) m = 2;
+        ws.group_start[ng] = k;
+        ws.group_size[ng] = m;
+        ++ng;
+        k += m;
+        left -= m;
+      }
+    }
+    ConvCall call;
+    call.n_in = n_in;
+    call.in_real = in_act.data();
+    call.w = c.w;
+    call.w_ostride = static_cast<int64_t>(c.I) * c.kh * c.kw;
+    call.n_vec = static_cast<int>(c.out_off.size());
+    call.in_off = c.in_off.data();
+    call.out_off = c.out_off.data();
+    call.res_off = c.res >= 0 ? c.res_off.data() : nullptr;
+    call.valid = c.valid.data();
+    call.out_real = ws.out_real.data();
+    call.out_plane = ws.out_plane.data();
+    call.res_plane = c.res >= 0 ? ws.res_plane.data() : nullptr;
+    call.bias = c.bias;
+    call.relu = c.relu;
+    call.sums = sums.data();
+    call.group_start = ws.group_start.data();
+    call.group_size = ws.group_size.data();
+    if (c.direct) {
+      call.in = ws.buf_data[c.in];
+      call.cstride = bi.plane;
+      call.kh = c.kh;
+      call.kw = c.kw;
+      call.rs = bi.Wp;
+    } else {
+      im2col(c, n_in);
+      const int64_t tap = static_cast<int64_t>(bo.H) * c.col_rows;
+      call.in = ws.col.get();
+      call.cstride = tap * c.kh * c.kw;
+      call.kh = c.kh * c.kw;
+      call.kw = 1;
+      call.rs = tap;
+    }
+    if (pfor && ng > 1) {
+      (*pfor)(0, ng, 1, [&](int64_t g0, int64_t g1) {
+        ConvCall part = call;
+        part.g_begin = static_cast<int>(g0);
+        part.g_end = static_cast<int>(g1);
+        conv_run(P.isa_, part);
+      });
+    } else {
+      call.g_begin = 0;
+      call.g_end = ng;
+      conv_run(P.isa_, call);
+    }
+  }
+
+  void im2col(const ConvOp& c, int n_in) {
+    const Buffer &bi = P.buffers_[c.in], &bo = P.buffers_[c.out];
+    const int64_t wv = c.col_rows;
+    float* col = ws.col.get();
+    for (int ci = 0; ci < n_in; ++ci) {
+      const float* src = interior(c.in, ci);
+      for (int ky = 0; ky < c.kh; ++ky)
+        for (int kx = 0; kx < c.kw; ++kx) {
+          float* dst = col + ((static_cast<int64_t>(ci) * c.kh + ky) * c.kw + kx) * bo.H * wv;
+          for (int y = 0; y < bo.H; ++y) {
+            const int iy = y * c.sh - c.ph + ky * c.dh;
+            float* d = dst + y * wv;
+            if (iy < 0 || iy >= bi.H) {
+              std::memset(d, 0, sizeof(float) * wv);
+              continue;
+            }
+            const float* s = src + static_cast<int64_t>(iy) * bi.Wp;
+            for (int x = 0; x < bo.W; ++x) {
+              const int ix = x * c.sw - c.pw + kx * c.dw;
+              d[x] = (ix >= 0 && ix < bi.W) ? s[ix] : 0.f;
+            }
+            for (int64_t x = bo.W; x < wv; ++x) d[x] = 0.f;
+          }
+        }
+    }
+  }
+
+  void pool(const PoolOp& p) {
+    const Buffer &bi = P.buffers_[p.in], &bo = P.buffers_[p.out];
+    ws.active[p.out] = ws.active[p.in];
+    ws.sums_valid[p.out] = 0;
+    const int n = static_cast<int>(ws.active[p.in].size());
+    for (int ci = 0; ci < n; ++ci) {
+      const float* src = interior(p.in, ci);
+      float* dst = interior(p.out, ci);
+      for (int y = 0; y < bo.H; ++y)
+        for (int x = 0; x < bo.W; ++x) {
+          const int y0 = y * p.sh - p.ph, x0 = x * p.sw - p.pw;
+          const int ya = std::max(y0, 0), yb = std::min(y0 + p.kh, bi.H);
+          const int xa = std::max(x0, 0), xb = std::min(x0 + p.kw, bi.W);
+          float r;
+          if (p.max) {
+            r = -INFINITY;
+            for (int yy = ya; yy < yb; ++yy)
+              for (int xx = xa; xx < xb; ++xx) {
+                const float v = src[yy * bi.Wp + xx];
+                r = (v > r || std::isnan(v)) ? v : r;
+              }
+          } else {
+            float s = 0.f;
+            for (int yy = ya; yy < yb; ++yy)
+              for (int xx = xa; xx < xb; ++xx) s += src[yy * bi.Wp + xx];
+            int div;
+            if (p.divisor > 0) div = p.divisor;
+            else if (p.count_include_pad)
+              div = (std::min(y0 + p.kh, bi.H + p.ph) - y0) * (std::min(x0 + p.kw, bi.W + p.pw) - x0);
+            else div = (yb - ya) * (xb - xa);
+            r = s / static_cast<float>(div);
+          }
+          dst[y * bo.Wp + x] = r;
+        }
+    }
+  }
+
+  void linear(const LinearOp& l) {
+    const Buffer &bi = P.buffers_[l.in], &bo = P.buffers_[l.out];
+    const auto& act = ws.active[l.in];
+    const int hw = bi.H * bi.W;
+    auto& out_act = ws.active[l.out];
+    out_act.resize(bo.C);
+    ws.sums_valid[l.out] = 0;
+    for (int o = 0; o < l.out_features; ++o) {
+      float a = 0.f;
+      const float* w = l.w + static_cast<int64_t>(o) * l.in_features;
+      for (size_t i = 0; i < act.size(); ++i) {
+        const float* src = interior(l.in, static_cast<int>(i));
+        const float* wc = w + static_cast<int64_t>(act[i]) * hw;
+        for (int y = 0; y < bi.H; ++y)
+          for (int x = 0; x < bi.W; ++x) a += wc[y * bi.W + x] * src[y * bi.Wp + x];
+      }
+      if (l.b) a += l.b[o];
+      if (l.relu) a = a > 0.f ? a : 0.f;
+      out_act[o] = o;
+      *interior(l.out, o) = a;
+    }
+  }
+
+  void concat(const ConcatOp& c) {
+    const Buffer& bo = P.buffers_[c.out];
+    auto& out_act = ws.active[c.out];
+    out_act.clear();
+    bool sums_ok = true;
+    for (size_t k = 0; k < c.ins.size(); ++k) {
+      const int b = c.ins[k];
+      const Buffer& bi = P.buffers_[b];
+      const auto& act = ws.active[b];
+      sums_ok = sums_ok && ws.sums_valid[b];
+      for (size_t i = 0; i < act.size(); ++i) {
+        const int pos = static_cast<int>(out_act.size());
+        out_act.push_back(act[i] + c.offsets[k]);
+        const float* s = interior(b, static_cast<int>(i));
+        float* d = interior(c.out, pos);
+        for (int y = 0; y < bo.H; ++y) std::memcpy(d + y * bo.Wp, s + y * bi.Wp, sizeof(float) * bo.W);
+      }
+    }
+    if (sums_ok) {
+      auto& s = ws.sums[c.out];
+      for (size_t k = 0; k < c.ins.size(); ++k) {
+        const auto& si = ws.sums[c.ins[k]];
+        std::copy(si.begin(), si.end(), s.begin() + c.offsets[k]);
+      }
+    }
+    ws.sums_valid[c.out] = sums_ok;
+  }
+
+  void add(const AddOp& a) {
+    const Buffer& bo = P.buffers_[a.out];
+    const auto &aa = ws.active[a.a], &ab = ws.active[a.b];
+    auto& out_act = ws.active[a.out];
+    out_act.clear();
+    size_t i = 0, j = 0;
+    while (i < aa.size() || j < ab.size()) {
+      const int x = i < aa.size() ? aa[i] : INT32_MAX;
+      const int y = j < ab.size() ? ab[j] : INT32_MAX;
+      const int pos = static_cast<int>(out_act.size());
+      const float* pa = x <= y ? interior(a.a, static_cast<int>(i)) : nullptr;
+      const float* pb = y <= x ? interior(a.b, static_cast<int>(j)) : nullptr;
+      const int wa = P.buffers_[a.a].Wp, wb = P.buffers_[a.b].Wp;
+      float* d = interior(a.out, pos);
+      for (int yy = 0; yy < bo.H; ++yy)
+        for (int xx = 0; xx < bo.W; ++xx) {
+          float v = (pa ? pa[yy * wa + xx] : 0.f) + (pb ? pb[yy * wb + xx] : 0.f);
+          if (a.relu) v = v > 0.f ? v : 0.f;
+          d[yy * bo.Wp + xx] = v;
+        }
+      out_act.push_back(std::min(x, y));
+      if (x <= y) ++i;
+      if (y <= x) ++j;
+    }
+    ws.sums_valid[a.out] = 0;
+  }
+
+  void affine(const AffineOp& a) {
+    const Buffer &bi = P.buffers_[a.in], &bo = P.buffers_[a.out];
+    const auto& act = ws.active[a.in];
+    auto& out_act = ws.active[a.out];
+    out_act.clear();
+    size_t i = 0;
+    for (int c = 0; c < bo.C; ++c) {
+      const bool live = i < act.size() && act[i] == c;
+      float* d = interior(a.out, static_cast<int>(out_act.size()));
+      if (!live) {
+        float v = a.shift[c];
+        if (a.relu) v = v > 0.f ? v : 0.f;
+        if (v == 0.f) continue;  // stays inactive (exactly zero)
+        for (int y = 0; y < bo.H; ++y)
+          for (int x = 0; x < bo.W; ++x) d[y * bo.Wp + x] = v;
+      } else {
+        const float* s = interior(a.in, static_cast<int>(i));
+        for (int y = 0; y < bo.H; ++y)
+          for (int x = 0; x < bo.W; ++x) {
+            float v = s[y * bi.Wp + x] * a.scale[c] + a.shift[c];
+            if (a.relu) v = v > 0.f ? v : 0.f;
+            d[y * bo.Wp + x] = v;
+          }
+        ++i;
+      }
+      out_act.push_back(c);
+    }
+    ws.sums_valid[a.out] = 0;
+  }
+
+  void shortcut(const ShortcutOp& s) {
+    const Buffer &bi = P.buffers_[s.in], &bo = P.buffers_[s.out];
+    const auto& act = ws.active[s.in];
+    auto& out_act = ws.active[s.out];
+    out_act.resize(act.size());
+    for (size_t i = 0; i < act.size(); ++i) {
+      out_act[i] = act[i] + s.pad;
+      const float* src = interior(s.in, static_cast<int>(i));
+      float* d = interior(s.out, static_cast<int>(i));
+      for (int y = 0; y < bo.H; ++y)
+        for (int x = 0; x < bo.W; ++x) d[y * bo.Wp + x] = src[(y * s.stride) * bi.Wp + x * s.stride];
+    }
+    ws.sums_valid[s.out] = 0;
+  }
+
+  void output(float* out) {
+    const int b = P.output_;
+    const Buffer& B = P.buffers_[b];
+    const int64_t hw = static_cast<int64_t>(B.H) * B.W;
+    std::fill(out, out + B.C * hw, 0.f);
+    const auto& act = ws.active[b];
+    for (size_t i = 0; i < act.size(); ++i) {
+      const float* s = interior(b, static_cast<int>(i));
+      float* d = out + act[i] * hw;
+      for (int y = 0; y < B.H; ++y) std::memcpy(d + y * B.W, s + y * B.Wp, sizeof(float) * B.W);
+    }
+  }
+
+  void run_sample(const float* x, float* out, float* path) {
+    std::fill(ws.sums_valid.begin(), ws.sums_valid.end(), 0);
+    set_input(x);
+    const bool prof = P.profiling_;
+    for (const Op& op : P.ops_) {
+      switch (op.kind) {
+        case kConv:
+          if (prof) {
+            const auto t0 = std::chrono::steady_clock::now();
+            conv(op.index);
+            const auto t1 = std::chrono::steady_clock::now();
+            std::lock_guard<std::mutex> lk(P.pool_mu_);
+            P.conv_ns_[op.index] += std::chrono::duration<double, std::nano>(t1 - t0).count();
+          } else {
+            conv(op.index);
+          }
+          break;
+        case kGate: gate(P.gates_[op.index], path); break;
+        case kMaxPool:
+        case kAvgPool: pool(P.pools_[op.index]); break;
+        case kLinear: linear(P.linears_[op.index]); break;
+        case kConcat: concat(P.concats_[op.index]); break;
+        case kAdd: add(P.adds_[op.index]); break;
+        case kAffine: affine(P.affines_[op.index]); break;
+        case kShortcut: shortcut(P.shortcuts_[op.index]); break;
+      }
+    }
+    output(out);
+  }
+};
+
+void Plan::run(const float* x, int64_t batch, float* logits, float* path, bool open_gates,
+               const ParallelFor& pfor) const {
+  const int64_t in_n = input_numel(), out_n = output_numel();
+  auto one = [&](Workspace& ws, int64_t b, const ParallelFor* inner) {
+    Executor ex{*this, ws, inner, open_gates};
+    ex.run_sample(x + b * in_n, logits + b * out_n, path ? path + b * path_len_ : nullptr);
+  };
+  if (batch == 1 || !pfor) {
+    auto ws = acquire();
+    try {
+      for (int64_t b = 0; b < batch; ++b) one(*ws, b, pfor ? &pfor : nullptr);
+    } catch (...) {
+      release(std::move(ws));
+      throw;
+    }
+    release(std::move(ws));
+    return;
+  }
+  pfor(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    auto ws = acquire();
+    for (int64_t b = b0; b < b1; ++b) one(*ws, b, nullptr);
+    release(std::move(ws));
+  });
+}
+
+}  // namespace dyninfer

@@ -1,0 +1,179 @@
+// Torch-free execution plan of a compiled gated network.
+//
+// The plan is a list of buffers (activations) and ops, built once from integer descriptors and
+// weight arrays (BN already folded). Each sample keeps, per buffer, the list of *active* real
+// channels and their planes in that order (compact), so a conv reads only the channels the
+// previous layer produced and writes only the channels its gate kept: cost ∝ kept_out × kept_in.
+// Planes carry a zero border of B pixels (the largest padding a stride-1 consumer conv needs), so
+// the inner loops have no border code. Buffers share memory slots by liveness, and only buffers of
+// identical (H, W, B) share a slot, which keeps every border zero forever.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu_features.h"
+
+namespace dyninfer {
+
+// Thrown for malformed plans; the ATen adapter turns it into a Python error.
+struct PlanError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+enum OpKind : int {
+  kConv = 1,
+  kGate = 2,
+  kMaxPool = 3,
+  kAvgPool = 4,
+  kLinear = 5,
+  kConcat = 6,
+  kAdd = 7,
+  kAffine = 8,
+  kShortcut = 9,
+};
+
+// Number of int64 fields after (kind, count) for each kind; -1: variable.
+int op_field_count(int kind);
+
+struct WeightRef {
+  const float* data = nullptr;
+  int64_t numel = 0;
+};
+
+struct Buffer {
+  int C = 0, H = 0, W = 0, B = 0;
+  int Hp = 0, Wp = 0;
+  int64_t plane = 0;  // floats between consecutive channel planes
+  int slot = -1;
+};
+
+struct ConvOp {
+  int in, out, res;
+  int O, I, kh, kw, sh, sw, ph, pw, dh, dw;
+  bool relu;
+  int gate;
+  bool direct;  // stride-1 path reading the padded input in place; else im2col
+  const float* w;
+  const float* bias;
+  // Output vectors: offsets into the input (direct) or column buffer (im2col), output plane,
+  // residual plane; valid pixels per vector.
+  std::vector<int64_t> in_off, out_off, res_off;
+  std::vector<int32_t> valid;
+  int64_t col_rows = 0;  // im2col: padded output row width (multiple of the vector width)
+  std::string name;
+};
+
+struct GateOp {
+  int in, gate, C, hidden, N, force_k;
+  const float *w1, *b1, *w2, *b2;
+};
+
+struct PoolOp {
+  int in, out, kh, kw, sh, sw, ph, pw;
+  bool max;
+  bool count_include_pad;
+  int divisor;
+};
+
+struct LinearOp {
+  int in, out, in_features, out_features;
+  bool relu;
+  const float *w, *b;
+};
+
+struct ConcatOp {
+  int out;
+  std::vector<int> ins;
+  std::vector<int> offsets;
+};
+
+struct AddOp {
+  int a, b, out;
+  bool relu;
+};
+
+struct AffineOp {
+  int in, out;
+  bool relu;
+  const float *scale, *shift;
+};
+
+struct ShortcutOp {
+  int in, out, stride, pad;
+};
+
+struct Op {
+  int kind;
+  int index;  // into the vector of its kind
+};
+
+using ParallelFor = std::function<void(int64_t begin, int64_t end, int64_t grain,
+                                       const std::function<void(int64_t, int64_t)>& fn)>;
+
+struct Workspace;
+
+class Plan {
+ public:
+  // meta: [n_buffers, (C, H, W, B, slot) * n_buffers, input, output, n_gates, N_g * n_gates]
+  // ops:  [kind, count, fields...] * n_ops; weights referenced by index into `weights`.
+  Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, std::vector<WeightRef> weights,
+       std::vector<std::string> names, Isa isa);
+  ~Plan();
+
+  // x: (batch, C, H, W) contiguous; logits: (batch, out C*H*W); path: (batch, path_len) or null.
+  // open_gates: every gate keeps every channel (dense mode).
+  void run(const float* x, int64_t batch, float* logits, float* path, bool open_gates,
+           const ParallelFor& pfor) const;
+
+  int64_t input_numel() const;
+  int64_t output_numel() const;
+  int64_t path_len() const { return path_len_; }
+  const Buffer& input_buffer() const { return buffers_[input_]; }
+  const Buffer& output_buffer() const { return buffers_[output_]; }
+  Isa isa() const { return isa_; }
+  int n_convs() const { return static_cast<int>(convs_.size()); }
+  const std::string& conv_name(int i) const { return convs_[i].name; }
+  // Per-conv wall time of the last profiled run (nanoseconds), accumulated when profiling is on.
+  void set_profiling(bool on) const;
+  std::vector<double> conv_times_ns() const;
+
+ private:
+  friend struct Executor;
+  std::vector<Buffer> buffers_;
+  std::vector<int64_t> slot_floats_;
+  int input_ = -1, output_ = -1;
+  std::vector<int> gate_sizes_;
+  std::vector<int64_t> gate_path_off_;
+  int64_t path_len_ = 0;
+  std::vector<Op> ops_;
+  std::vector<ConvOp> convs_;
+  std::vector<GateOp> gates_;
+  std::vector<PoolOp> pools_;
+  std::vector<LinearOp> linears_;
+  std::vector<ConcatOp> concats_;
+  std::vector<AddOp> adds_;
+  std::vector<AffineOp> affines_;
+  std::vector<ShortcutOp> shortcuts_;
+  std::vector<WeightRef> weights_;
+  int64_t col_floats_ = 0;
+  int max_channels_ = 0;
+  Isa isa_;
+  int vw_ = 8;
+
+  mutable std::mutex pool_mu_;
+  mutable std::vector<std::unique_ptr<Workspace>> pool_;
+  mutable bool profiling_ = false;
+  mutable std::vector<double> conv_ns_;
+
+  std::unique_ptr<Workspace> acquire() const;
+  void release(std::unique_ptr<Workspace> ws) const;
+  void build_conv_vectors(ConvOp& c);
+};
+
+}  // namespace dyninfer

@@ -1,0 +1,461 @@
+"""Graph -> plan: trace a (gated) model with torch.fx, fold BN, fuse epilogues, assign memory.
+
+The plan is what the C++ runtime (csrc/kernels/plan.cpp) executes: buffers (C, H, W, border,
+slot) and ops encoded as ``[kind, n_fields, fields...]``. Field order is defined once here and
+once in plan.cpp (op_field_count); keep them in step.
+
+Fusion: a conv absorbs the chain ``conv -> [BatchNorm2d] -> [ReLU] -> [gate] -> [+ residual] ->
+[ReLU]`` when every link has a single user (a ReLU before the residual add stops the chain there,
+because the kernel applies ReLU after the add). Its gate becomes a GATE op emitted just before it,
+reading the gate's own input buffer.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import UnsupportedLayerError
+from ..nn.decouple import DyninferTracer, is_relu
+from ..nn.gates import ArchitectureControl
+from ..nn.layers import ShortcutA
+
+CONV, GATE, MAXPOOL, AVGPOOL, LINEAR, CONCAT, ADD, AFFINE, SHORTCUT = 1, 2, 3, 4, 5, 6, 7, 8, 9
+
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_CAT_FUNCS = {torch.cat, torch.concat}
+_FLATTEN_FUNCS = {torch.flatten}
+_ALIAS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten)
+
+
+@dataclass
+class BufferInfo:
+    C: int
+    H: int
+    W: int
+    border: int = 0
+    slot: int = -1
+
+
+@dataclass
+class PlanSpec:
+    """Everything torch.classes.dyninfer.Plan is built from, plus names for reports."""
+    meta: list[int]
+    ops: list[int]
+    weights: list[torch.Tensor]
+    conv_names: list[str]
+    gate_names: list[str]
+    gate_sizes: list[int]
+    input_shape: tuple[int, int, int]
+    output_shape: tuple[int, ...]
+    buffers: list[BufferInfo] = field(default_factory=list)
+
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
+    if bn is not None:
+        scale, shift = _bn_affine(bn)
+        w = w * scale[:, None, None, None]
+        b = b * scale + shift
+    return w.float().contiguous(), b.float().contiguous()
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    if bn.running_mean is None or bn.running_var is None:
+        raise UnsupportedLayerError(f"BatchNorm2d without running statistics (track_running_stats=False) "
+                                    f"cannot be folded: {bn}")
+    inv = 1.0 / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(inv)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(inv)
+    scale = gamma * inv
+    return scale, beta - bn.running_mean.detach().double() * scale
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class _Builder:
+    def __init__(self, gm: fx.GraphModule, force_keep: float | None):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.force_keep = force_keep
+        self.buffers: list[BufferInfo] = []
+        self.ops: list[tuple[int, list[int], list[int], int | None]] = []  # (kind, fields, inputs, output)
+        self.weights: list[torch.Tensor] = []
+        self.env: dict[fx.Node, tuple[str, int]] = {}  # node -> ('act', buffer) | ('flat', buffer)
+        self.conv_names: list[str] = []
+        self.gate_names: list[str] = []
+        self.gate_sizes: list[int] = []
+        self.direct_pad: dict[int, int] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def where(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return f"'{node.target}' ({type(self.modules[node.target]).__name__})"
+        t = getattr(node.target, "__name__", str(node.target))
+        return f"node '{node.name}' ({node.op} {t})"
+
+    def unsupported(self, node: fx.Node, why: str) -> UnsupportedLayerError:
+        return UnsupportedLayerError(f"dyninfer.compile: {self.where(node)}: {why}")
+
+    def shape(self, node: fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            raise self.unsupported(node, "produces a non-tensor value the engine cannot represent")
+        return tuple(meta.shape)
+
+    def new_buffer(self, node: fx.Node) -> int:
+        s = self.shape(node)
+        if len(s) == 4:
+            info = BufferInfo(s[1], s[2], s[3])
+        elif len(s) == 2:
+            info = BufferInfo(s[1], 1, 1)
+        else:
+            raise self.unsupported(node, f"output of rank {len(s)} (shape {s}) is not supported")
+        self.buffers.append(info)
+        return len(self.buffers) - 1
+
+    def weight(self, t: torch.Tensor) -> int:
+        self.weights.append(t.detach().float().contiguous())
+        return len(self.weights) - 1
+
+    def act(self, node: fx.Node, user: fx.Node) -> int:
+        if node not in self.env:
+            raise self.unsupported(user, f"its input '{node.name}' was not produced by a supported layer")
+        kind, b = self.env[node]
+        if kind != "act":
+            raise self.unsupported(user, "expects a 4-d activation but got a flattened one")
+        return b
+
+    def emit(self, kind: int, fields: list[int], inputs: list[int], output: int | None) -> None:
+        self.ops.append((kind, fields, inputs, output))
+
+    def only_user(self, node: fx.Node) -> fx.Node | None:
+        users = list(node.users)
+        return users[0] if len(users) == 1 else None
+
+    def is_module(self, node: fx.Node | None, cls) -> bool:
+        return node is not None and node.op == "call_module" and isinstance(self.modules[node.target], cls)
+
+    def is_add(self, node: fx.Node | None) -> bool:
+        return (node is not None and node.op == "call_function" and node.target in _ADD_FUNCS
+                and len(node.args) == 2 and not node.kwargs
+                and all(isinstance(a, fx.Node) for a in node.args))
+
+    # -- conv chains -----------------------------------------------------------------------------
+    def conv_chain(self, conv: fx.Node, claimed: set) -> dict:
+        ch = {"conv": conv, "bn": None, "gate": None, "res": None, "relu": False, "nodes": [conv]}
+        cur = conv
+
+        def only_user(n: fx.Node) -> fx.Node | None:
+            u = self.only_user(n)
+            return None if u in claimed else u  # a node fuses into one chain only
+
+        nxt = only_user(cur)
+        if self.is_module(nxt, nn.BatchNorm2d):
+            ch["bn"] = nxt
+            cur = nxt
+            ch["nodes"].append(cur)
+            nxt = only_user(cur)
+        relu_before = False
+        if nxt is not None and is_relu(nxt, self.modules) and only_user(cur) is nxt:
+            relu_before = True
+            ch["relu"] = True
+            cur = nxt
+            ch["nodes"].append(cur)
+            nxt = only_user(cur)
+        if self.is_module(nxt, ArchitectureControl) and len(nxt.args) == 2 and nxt.args[1] is cur:
+            ch["gate"] = nxt
+            cur = nxt
+            ch["nodes"].append(cur)
+            nxt = only_user(cur)
+        if not relu_before and self.is_add(nxt):
+            other = nxt.args[1] if nxt.args[0] is cur else nxt.args[0]
+            if other is not cur:
+                ch["res"] = other
+                cur = nxt
+                ch["nodes"].append(cur)
+                nxt = only_user(cur)
+                if nxt is not None and is_relu(nxt, self.modules):
+                    ch["relu"] = True
+                    cur = nxt
+                    ch["nodes"].append(cur)
+        ch["end"] = cur
+        return ch
+
+    def emit_conv(self, ch: dict) -> None:
+        node = ch["conv"]
+        conv = self.modules[node.target]
+        if conv.groups != 1:
+            raise self.unsupported(node, f"grouped convs (groups={conv.groups}) are not supported yet")
+        if conv.padding_mode != "zeros":
+            raise self.unsupported(node, f"padding_mode='{conv.padding_mode}' is not supported (only zeros)")
+        if isinstance(conv.padding, str):
+            raise self.unsupported(node, f"padding='{conv.padding}' is not supported; give explicit padding")
+        x = self.act(node.args[0], node)
+        bn = self.modules[ch["bn"].target] if ch["bn"] is not None else None
+        w, b = _fold_bn(conv, bn)
+        gate_idx = -1
+        if ch["gate"] is not None:
+            gnode = ch["gate"]
+            gmod: ArchitectureControl = self.modules[gnode.target]
+            gin = self.act(gnode.args[0], gnode)
+            gate_idx = self.gate_index[gnode.target]
+            keep = self.force_keep if self.force_keep is not None else gmod.force_keep
+            k = -1 if keep is None else int(round(keep * gmod.out_channels))
+            self.emit(GATE, [gin, gate_idx, self.weight(gmod.fc1.weight), self.weight(gmod.fc1.bias),
+                             self.weight(gmod.fc2.weight), self.weight(gmod.fc2.bias), gmod.in_channels,
+                             gmod.fc1.out_features, gmod.out_channels, k], [gin], None)
+        res = self.act(ch["res"], ch["nodes"][-1]) if ch["res"] is not None else -1
+        out = self.new_buffer(ch["end"])
+        kh, kw = conv.kernel_size
+        sh, sw = conv.stride
+        ph, pw = conv.padding
+        dh, dw = conv.dilation
+        if sh == 1 and sw == 1 and dh == 1 and dw == 1:
+            self.direct_pad[x] = max(self.direct_pad.get(x, 0), ph, pw)
+        self.emit(CONV, [x, out, res, self.weight(w), self.weight(b), conv.out_channels, conv.in_channels, kh, kw,
+                         sh, sw, ph, pw, dh, dw, int(ch["relu"]), gate_idx, 1],
+                  [x] + ([res] if res >= 0 else []), out)
+        self.conv_names.append(node.target)
+        self.env[ch["end"]] = ("act", out)
+
+    # -- other layers ------------------------------------------------------------------------------
+    def emit_pool(self, node: fx.Node, m: nn.Module) -> None:
+        x = self.act(node.args[0], node)
+        out = self.new_buffer(node)
+        bi, bo = self.buffers[x], self.buffers[out]
+        if isinstance(m, nn.MaxPool2d):
+            if _pair(m.dilation) != (1, 1):
+                raise self.unsupported(node, "dilated max pooling is not supported")
+            if m.return_indices:
+                raise self.unsupported(node, "return_indices=True is not supported")
+            kh, kw = _pair(m.kernel_size)
+            sh, sw = _pair(m.stride if m.stride is not None else m.kernel_size)
+            ph, pw = _pair(m.padding)
+            self.emit(MAXPOOL, [x, out, kh, kw, sh, sw, ph, pw], [x], out)
+        elif isinstance(m, nn.AvgPool2d):
+            kh, kw = _pair(m.kernel_size)
+            sh, sw = _pair(m.stride if m.stride is not None else m.kernel_size)
+            ph, pw = _pair(m.padding)
+            self.emit(AVGPOOL, [x, out, kh, kw, sh, sw, ph, pw, int(m.count_include_pad),
+                                int(m.divisor_override or 0)], [x], out)
+        else:  # AdaptiveAvgPool2d with an output that tiles the input exactly
+            if bi.H % bo.H or bi.W % bo.W:
+                raise self.unsupported(node, f"adaptive pooling {bi.H}x{bi.W} -> {bo.H}x{bo.W} does not tile evenly")
+            kh, kw = bi.H // bo.H, bi.W // bo.W
+            self.emit(AVGPOOL, [x, out, kh, kw, kh, kw, 0, 0, 0, 0], [x], out)
+        self.env[node] = ("act", out)
+
+    def emit_linear(self, node: fx.Node, m: nn.Linear) -> None:
+        src = node.args[0]
+        if src not in self.env:
+            raise self.unsupported(node, f"its input '{src.name}' was not produced by a supported layer")
+        _, x = self.env[src]
+        bi = self.buffers[x]
+        if bi.C * bi.H * bi.W != m.in_features:
+            raise self.unsupported(node, f"expects {m.in_features} features, input has {bi.C}x{bi.H}x{bi.W}")
+        relu_node = self.only_user(node)
+        relu = relu_node is not None and is_relu(relu_node, self.modules)
+        end = relu_node if relu else node
+        out = self.new_buffer(end)
+        b = m.bias if m.bias is not None else torch.zeros(m.out_features)
+        self.emit(LINEAR, [x, out, self.weight(m.weight), self.weight(b), int(relu)], [x], out)
+        self.env[end] = ("act", out)
+        if relu:
+            self.fused.add(relu_node)
+
+    def emit_affine(self, node: fx.Node, scale: torch.Tensor, shift: torch.Tensor, relu: bool) -> None:
+        x = self.act(node.args[0], node)
+        out = self.new_buffer(node)
+        self.emit(AFFINE, [x, out, self.weight(scale), self.weight(shift), int(relu)], [x], out)
+        self.env[node] = ("act", out)
+
+    # -- driver --------------------------------------------------------------------------------------
+    def build(self) -> None:
+        self.fused: set[fx.Node] = set()
+        anchors: dict[fx.Node, dict] = {}
+        for node in self.gm.graph.nodes:
+            if self.is_module(node, nn.Conv2d):
+                ch = self.conv_chain(node, self.fused)
+                anchors[ch["end"]] = ch
+                self.fused.update(ch["nodes"])
+        # Gate indices (and the path layout) follow module order, as dyninfer.nn.gates(model) does.
+        used = {ch["gate"].target for ch in anchors.values() if ch["gate"] is not None}
+        self.gate_names = [n for n in self.gate_order if n in used]
+        self.gate_sizes = [self.modules[n].out_channels for n in self.gate_names]
+        self.gate_index = {n: i for i, n in enumerate(self.gate_names)}
+        placeholders = 0
+        for node in self.gm.graph.nodes:
+            if node in anchors:
+                self.emit_conv(anchors[node])
+                continue
+            if node in self.fused:
+                continue
+            op = node.op
+            if op == "placeholder":
+                placeholders += 1
+                if placeholders > 1:
+                    raise self.unsupported(node, "the engine runs models with a single tensor input")
+                s = self.shape(node)
+                if len(s) != 4:
+                    raise self.unsupported(node, f"input must be (B, C, H, W), got {s}")
+                self.env[node] = ("act", self.new_buffer(node))
+            elif op == "get_attr":
+                raise self.unsupported(node, "reads a parameter or buffer directly in forward")
+            elif op == "output":
+                res = node.args[0]
+                if not isinstance(res, fx.Node) or res not in self.env:
+                    raise self.unsupported(node, "the model must return a single tensor")
+                self.output = self.env[res][1]
+                self.output_shape = self.shape(res)[1:]
+            elif op == "call_module":
+                self.call_module(node, self.modules[node.target])
+            elif op == "call_function" or op == "call_method":
+                self.call_function(node)
+            else:
+                raise self.unsupported(node, "unknown fx node kind")
+
+    def call_module(self, node: fx.Node, m: nn.Module) -> None:
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            self.emit_pool(node, m)
+        elif isinstance(m, nn.Linear):
+            self.emit_linear(node, m)
+        elif isinstance(m, nn.BatchNorm2d):
+            scale, shift = _bn_affine(m)
+            self.emit_affine(node, scale, shift, False)
+        elif isinstance(m, nn.ReLU):
+            c = self.buffers[self.act(node.args[0], node)].C
+            self.emit_affine(node, torch.ones(c), torch.zeros(c), True)
+        elif isinstance(m, ShortcutA):
+            x = self.act(node.args[0], node)
+            out = self.new_buffer(node)
+            self.emit(SHORTCUT, [x, out, m.stride, m.pad_channels], [x], out)
+            self.env[node] = ("act", out)
+        elif isinstance(m, _ALIAS_MODULES):
+            src = node.args[0]
+            if src not in self.env:
+                raise self.unsupported(node, f"its input '{src.name}' was not produced by a supported layer")
+            kind, b = self.env[src]
+            self.env[node] = ("flat" if isinstance(m, nn.Flatten) else kind, b)
+        elif isinstance(m, ArchitectureControl):
+            raise self.unsupported(node, "a gate must follow its conv->BN(->ReLU) unit directly "
+                                         "(as dyninfer.decouple places it)")
+        else:
+            raise self.unsupported(node, "this layer type is not supported by the engine")
+
+    def call_function(self, node: fx.Node) -> None:
+        t = node.target
+        if node.op == "call_function" and t in _ADD_FUNCS or node.op == "call_method" and t in ("add", "add_"):
+            if len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args) or node.kwargs:
+                raise self.unsupported(node, "only tensor + tensor additions are supported")
+            a, b = (self.act(x, node) for x in node.args)
+            relu_node = self.only_user(node)
+            relu = relu_node is not None and is_relu(relu_node, self.modules)
+            end = relu_node if relu else node
+            out = self.new_buffer(end)
+            self.emit(ADD, [a, b, out, int(relu)], [a, b], out)
+            self.env[end] = ("act", out)
+            if relu:
+                self.fused.add(relu_node)
+        elif is_relu(node, self.modules):
+            c = self.buffers[self.act(node.args[0], node)].C
+            self.emit_affine(node, torch.ones(c), torch.zeros(c), True)
+        elif node.op == "call_function" and t in _CAT_FUNCS:
+            tensors = node.args[0]
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if dim not in (1, -3):
+                raise self.unsupported(node, f"concatenation along dim {dim}; only channels (dim=1) are supported")
+            ins = [self.act(x, node) for x in tensors]
+            out = self.new_buffer(node)
+            self.emit(CONCAT, [out] + ins, ins, out)
+            self.env[node] = ("act", out)
+        elif (node.op == "call_function" and t in _FLATTEN_FUNCS) or (
+                node.op == "call_method" and t in ("flatten", "view", "reshape")):
+            s = self.shape(node)
+            src = node.args[0]
+            if src not in self.env:
+                raise self.unsupported(node, f"its input '{src.name}' was not produced by a supported layer")
+            bi = self.buffers[self.env[src][1]]
+            if len(s) != 2 or s[1] != bi.C * bi.H * bi.W:
+                raise self.unsupported(node, f"only flattening to (B, C*H*W) is supported, got shape {s}")
+            self.env[node] = ("flat", self.env[src][1])
+        elif node.op == "call_method" and t == "size" or node.op == "call_function" and t is getattr:
+            pass  # shape queries feed view/reshape; they produce no tensor
+        elif node.op == "call_function" and t is F.adaptive_avg_pool2d:
+            raise self.unsupported(node, "use nn.AdaptiveAvgPool2d modules instead of the functional form")
+        else:
+            raise self.unsupported(node, "this operation is not supported by the engine")
+
+    # -- memory ------------------------------------------------------------------------------------
+    def assign_memory(self) -> None:
+        for b, pad in self.direct_pad.items():
+            self.buffers[b].border = pad
+        last_use: dict[int, int] = {}
+        for i, (_, _, inputs, _) in enumerate(self.ops):
+            for b in inputs:
+                last_use[b] = i
+        n_slots = 0
+        free: dict[tuple[int, int, int], list[int]] = {}
+
+        def alloc(b: int) -> None:
+            nonlocal n_slots
+            info = self.buffers[b]
+            key = (info.H, info.W, info.border)
+            if free.get(key):
+                info.slot = free[key].pop()
+            else:
+                info.slot = n_slots
+                n_slots += 1
+
+        alloc(self.input)
+        for i, (_, _, inputs, out) in enumerate(self.ops):
+            if out is not None and self.buffers[out].slot < 0:
+                alloc(out)
+            for b in set(inputs):
+                if last_use.get(b) == i and b != self.output:
+                    info = self.buffers[b]
+                    free.setdefault((info.H, info.W, info.border), []).append(info.slot)
+
+
+def trace_for_engine(model: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModule:
+    tracer = DyninferTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        raise UnsupportedLayerError(f"dyninfer.compile: cannot trace {type(model).__name__} with torch.fx: {exc}") from exc
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    return gm
+
+
+def build_plan(model: nn.Module, input_shape: tuple[int, int, int], force_keep: float | None = None) -> PlanSpec:
+    """Trace ``model`` (eval mode) and build the engine plan for inputs of shape (B, *input_shape)."""
+    if force_keep is not None and not 0.0 <= force_keep <= 1.0:
+        raise ValueError(f"force_keep must lie in [0, 1], got {force_keep}")
+    gm = trace_for_engine(model, input_shape)
+    bld = _Builder(gm, force_keep)
+    bld.gate_order = [n for n, m in model.named_modules() if isinstance(m, ArchitectureControl)]
+    bld.output = None
+    bld.build()
+    if bld.output is None:
+        raise UnsupportedLayerError("dyninfer.compile: model has no output")
+    bld.input = next(b for n, (k, b) in bld.env.items() if n.op == "placeholder")
+    bld.assign_memory()
+    meta = [len(bld.buffers)]
+    for info in bld.buffers:
+        meta += [info.C, info.H, info.W, info.border, info.slot]
+    meta += [bld.input, bld.output, len(bld.gate_sizes)] + bld.gate_sizes
+    ops: list[int] = []
+    for kind, fields, _, _ in bld.ops:
+        ops += [kind, len(fields)] + [int(f) for f in fields]
+    return PlanSpec(meta, ops, bld.weights, bld.conv_names, bld.gate_names, bld.gate_sizes,
+                    tuple(input_shape), tuple(bld.output_shape), bld.buffers)

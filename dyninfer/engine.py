@@ -1,0 +1,99 @@
+"""CompiledModel: the Python face of the C++ runtime.
+
+``engine = dyninfer.compile(model)`` turns a gated model (eval mode) into one C++ plan whose
+forward runs entirely in the extension: per sample, each gate is evaluated, then each conv computes
+only its kept output channels from the input channels the previous layer actually produced.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ._ext import load_extension
+from .compile.planner import PlanSpec, build_plan
+from .errors import UnsupportedLayerError
+
+__all__ = ["CompiledModel", "compile", "UnsupportedLayerError"]
+
+
+def _default_input_shape(model: nn.Module) -> tuple[int, int, int] | None:
+    name = getattr(model, "dyninfer_name", None)
+    if name is None:
+        return None
+    from .models import model_info
+    return model_info(name).input_size
+
+
+class CompiledModel:
+    """A compiled gated network. Call it like the model: ``engine(x)`` -> logits, or
+    ``engine(x, return_path=True)`` -> (logits, path) with path (B, Σ N_l) the concatenated gate
+    decisions z of every gated layer from the same run (``split_path`` names them)."""
+
+    def __init__(self, spec: PlanSpec, gates: str):
+        load_extension()
+        self.spec = spec
+        self.gates_mode = gates
+        self.plan = torch.classes.dyninfer.Plan(spec.meta, spec.ops, spec.weights, spec.conv_names)
+        self.input_shape = spec.input_shape
+        self.output_shape = spec.output_shape
+        self.gate_names = list(spec.gate_names)
+        self.gate_sizes = list(spec.gate_sizes)
+        self.conv_names = list(spec.conv_names)
+        self._open = gates == "open"
+
+    @property
+    def isa(self) -> str:
+        return self.plan.isa()
+
+    def __call__(self, x: torch.Tensor, return_path: bool = False):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"dyninfer engine: expected a torch.Tensor, got {type(x).__name__}")
+        logits, path = torch.ops.dyninfer.run(self.plan, x, return_path, self._open)
+        logits = logits.view(x.shape[0], *self.output_shape)
+        return (logits, path) if return_path else logits
+
+    forward = __call__
+
+    def split_path(self, path: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{gate path: (B, N_l) z} from the (B, Σ N_l) path tensor."""
+        return dict(zip(self.gate_names, torch.split(path, self.gate_sizes, dim=1)))
+
+    def profile(self, x: torch.Tensor, runs: int = 20) -> dict[str, float]:
+        """Median-free mean wall time per conv (seconds) over ``runs`` calls, single sample order."""
+        self.plan.set_profiling(True)
+        try:
+            for _ in range(runs):
+                self(x)
+            times = self.plan.conv_times_ns()
+        finally:
+            self.plan.set_profiling(False)
+        return {n: t / runs / 1e9 for n, t in zip(self.conv_names, times)}
+
+    def __repr__(self) -> str:
+        return (f"CompiledModel(input={self.input_shape}, convs={len(self.conv_names)}, gates={len(self.gate_names)}, "
+                f"mode={self.gates_mode}, isa={self.isa})")
+
+
+def compile(model: nn.Module, gates: str = "learned", input_shape: Sequence[int] | None = None,
+            force_keep: float | None = None) -> CompiledModel:
+    """Compile a (gated) model in eval mode into a CompiledModel.
+
+    gates: "learned" evaluates every gate per sample; "open" keeps every channel (dense mode,
+    the same kernels with all gates open, for comparison with dense runtimes).
+    input_shape: (C, H, W); defaults to the registered model's input size.
+    force_keep: keep exactly round(force_keep·N) channels (highest gate logits) in every gated
+    layer — density sweeps.
+    """
+    if gates not in ("learned", "open"):
+        raise ValueError(f"dyninfer.compile: gates must be 'learned' or 'open', got {gates!r}")
+    if model.training:
+        raise ValueError("dyninfer.compile: the model is in training mode; call model.eval() first "
+                         "(the engine folds BN running statistics and uses eval-mode gates)")
+    shape = tuple(input_shape) if input_shape is not None else _default_input_shape(model)
+    if shape is None or len(shape) != 3:
+        raise ValueError("dyninfer.compile: pass input_shape=(C, H, W) for models not created by "
+                         f"dyninfer.models.create_model (got {input_shape})")
+    spec = build_plan(model, shape, force_keep=force_keep)
+    return CompiledModel(spec, gates)
