@@ -1,0 +1,319 @@
+"""The C++ engine against PyTorch: kernels over random shapes and channel subsets, every
+registered model, decoupled user models, dense mode, threads, bad inputs, concurrency."""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+import dyninfer
+from dyninfer import ArchitectureControl, UnsupportedLayerError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and gates that keep roughly half of the channels, input-dependently."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+        if isinstance(m, ArchitectureControl):
+            m.fc1.weight.data.copy_(torch.randn(m.fc1.weight.shape, generator=g))
+            m.fc2.weight.data.copy_(torch.randn(m.fc2.weight.shape, generator=g))
+            m.fc2.bias.data.copy_(torch.randn(m.fc2.bias.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def check_against_torch(model: nn.Module, x: torch.Tensor, **kw) -> torch.Tensor:
+    engine = dyninfer.compile(model, input_shape=tuple(x.shape[1:]), **kw)
+    with torch.no_grad():
+        ref = model(x)
+    out, path = engine(x, return_path=True)
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) < 1e-4
+    if engine.gate_names:
+        zref = dyninfer.calculation_path(model)
+        logits = torch.cat([g.logits for g in dyninfer.gates(model).values()], 1)
+        differ = path != zref
+        # decisions may only differ where the gate logit is within rounding of the threshold
+        assert (logits[differ].abs() < 1e-5).all()
+    return path
+
+
+# ---- kernels: one gated conv with explicit input/output channel subsets ------------------------
+
+def set_subset(gate: ArchitectureControl, keep: torch.Tensor) -> None:
+    """Make ``gate`` keep exactly the channels where keep is True, for every input."""
+    nn.init.zeros_(gate.fc1.weight)
+    nn.init.ones_(gate.fc1.bias)
+    nn.init.zeros_(gate.fc2.weight)
+    gate.fc2.bias.data.copy_(torch.where(keep, 1.0, -1.0))
+
+
+def subset_model(cin, cmid, cout, k, stride, pad, keep_mid, keep_out, seed):
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, cin, 3, 1, 1), nn.BatchNorm2d(cin), nn.ReLU(),
+        nn.Conv2d(cin, cmid, 3, 1, 1, bias=False), nn.BatchNorm2d(cmid), nn.ReLU(),
+        nn.Conv2d(cmid, cout, k, stride, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+        nn.Conv2d(cout, 4, 1), nn.Flatten())
+    gated = randomize(dyninfer.decouple(model), seed)
+    gates = list(dyninfer.gates(gated).values())
+    assert len(gates) == 2  # first and last conv are not gated
+    set_subset(gates[0], keep_mid)
+    set_subset(gates[1], keep_out)
+    return gated
+
+
+def subset(draw, n):
+    kind = draw(st.sampled_from(["empty", "full", "random"]))
+    if kind == "empty":
+        return torch.zeros(n, dtype=torch.bool)
+    if kind == "full":
+        return torch.ones(n, dtype=torch.bool)
+    return torch.tensor(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+
+
+@st.composite
+def conv_case(draw):
+    k = draw(st.sampled_from([1, 3, 5]))
+    return dict(cin=draw(st.integers(1, 6)), cmid=(cmid := draw(st.integers(1, 19))),
+                cout=(cout := draw(st.integers(1, 19))), k=k, stride=draw(st.sampled_from([1, 2])),
+                pad=draw(st.integers(0, k // 2 + 1)), h=draw(st.integers(k, 21)), w=draw(st.integers(k, 21)),
+                keep_mid=subset(draw, cmid), keep_out=subset(draw, cout), seed=draw(st.integers(0, 1000)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_case())
+def test_conv_kernel_matches_torch_on_channel_subsets(case):
+    model = subset_model(case["cin"], case["cmid"], case["cout"], case["k"], case["stride"], case["pad"],
+                         case["keep_mid"], case["keep_out"], case["seed"])
+    x = torch.randn(2, 3, case["h"], case["w"])
+    path = check_against_torch(model, x)
+    expect = torch.cat([case["keep_mid"], case["keep_out"]]).float()
+    assert torch.equal(path, expect.expand(2, -1))
+
+
+@pytest.mark.parametrize("keep_out", ["none", "all", "one"])
+def test_empty_and_full_subsets_give_defined_output(keep_out):
+    cout = 7
+    keep = {"none": torch.zeros(cout, dtype=torch.bool), "all": torch.ones(cout, dtype=torch.bool),
+            "one": torch.arange(cout) == 3}[keep_out]
+    model = subset_model(3, 5, cout, 3, 1, 1, torch.zeros(5, dtype=torch.bool), keep, 0)
+    x = torch.randn(3, 3, 9, 9)
+    check_against_torch(model, x)
+
+
+# ---- whole models ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", dyninfer.list_models())
+def test_registered_model_matches_torch(name):
+    model = randomize(dyninfer.create_model(name), seed=1)
+    c, h, w = dyninfer.models.model_info(name).input_size
+    x = torch.randn(2, c, h, w)
+    path = check_against_torch(model, x)
+    assert 0.05 < path.mean().item() < 0.95  # the randomised gates really select subsets
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg16_cifar", "googlenet_cifar"])
+def test_dense_mode_matches_dense_model(name):
+    gated = randomize(dyninfer.create_model(name), seed=2)
+    dense = dyninfer.create_model(name, gated=False).eval()
+    missing, _ = dense.load_state_dict(gated.state_dict(), strict=False)
+    assert not missing
+    x = torch.randn(2, 3, 32, 32)
+    engine = dyninfer.compile(gated, gates="open")
+    out, path = engine(x, return_path=True)
+    with torch.no_grad():
+        ref = dense(x)
+    assert rel_err(out, ref) < 1e-4
+    assert torch.equal(path, torch.ones_like(path))
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.75, 0.5, 0.25, 0.0])
+def test_forced_density_matches_torch(keep):
+    model = randomize(dyninfer.create_model("resnet20"), seed=3)
+    for g in dyninfer.gates(model).values():
+        g.force_keep = keep
+    x = torch.randn(2, 3, 32, 32)
+    path = check_against_torch(model, x)
+    engine = dyninfer.compile(model, force_keep=keep)
+    sizes = engine.gate_sizes
+    for z, n in zip(engine.split_path(engine(x, return_path=True)[1]).values(), sizes):
+        assert (z.sum(1) == round(keep * n)).all()
+    assert path.shape == (2, sum(sizes))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(8)
+        self.down = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
+        self.c3 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.b3 = nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.head = nn.Linear(16 * 3 * 3, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(y)) + x)
+        x = torch.relu(self.b3(self.c3(x)) + self.down(x))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+class Branches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(6, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(6, 5, 5, padding=2), nn.BatchNorm2d(5), nn.ReLU())
+        self.c = nn.Sequential(nn.AvgPool2d(3, 1, 1), nn.Conv2d(6, 3, 1), nn.BatchNorm2d(3), nn.ReLU())
+        self.mix = nn.Sequential(nn.Conv2d(12, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(8, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([self.a(x), self.b(x), self.c(x)], dim=1)
+        x = self.bn(self.mix(x))  # a standalone BN (the conv output feeds a BN, then no ReLU)
+        x = self.pool(x).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("cls,hw", [(Residual, 11), (Branches, 10)])
+def test_decoupled_user_models_match_torch(cls, hw):
+    torch.manual_seed(0)
+    model = randomize(dyninfer.decouple(cls()), seed=4)
+    check_against_torch(model, torch.randn(3, 3, hw, hw))
+
+
+# ---- threads, bad input, concurrency ------------------------------------------------------------
+
+@pytest.fixture
+def resnet_engine():
+    model = randomize(dyninfer.create_model("resnet20"), seed=5)
+    return dyninfer.compile(model)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_one_and_two_threads_identical(resnet_engine, batch):
+    x = torch.randn(batch, 3, 32, 32)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a, pa = resnet_engine(x, return_path=True)
+        torch.set_num_threads(2)
+        b, pb = resnet_engine(x, return_path=True)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(a, b) and torch.equal(pa, pb)
+
+
+def test_batch_equals_single_samples(resnet_engine):
+    x = torch.randn(5, 3, 32, 32)
+    full = resnet_engine(x)
+    each = torch.cat([resnet_engine(x[i:i + 1]) for i in range(5)])
+    assert torch.equal(full, each)
+
+
+@pytest.mark.parametrize("bad,err", [
+    (torch.randn(3, 32, 32), "got a 3-d tensor"),
+    (torch.randn(1, 4, 32, 32), "expected input of shape"),
+    (torch.randn(1, 3, 31, 32), "expected input of shape"),
+    (torch.randn(1, 3, 32, 32, dtype=torch.float64), "float32"),
+    (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
+    (torch.full((1, 3, 32, 32), float("inf")), "NaN or Inf"),
+])
+def test_bad_inputs_raise(resnet_engine, bad, err):
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=err):
+        resnet_engine(bad)
+
+
+def test_non_contiguous_and_empty_batch(resnet_engine):
+    x = torch.randn(2, 32, 32, 3).permute(0, 3, 1, 2)
+    assert not x.is_contiguous()
+    assert torch.equal(resnet_engine(x), resnet_engine(x.contiguous()))
+    assert resnet_engine(torch.randn(0, 3, 32, 32)).shape == (0, 10)
+    with pytest.raises(TypeError):
+        resnet_engine([1, 2, 3])
+
+
+def test_concurrent_calls_agree_with_serial(resnet_engine):
+    xs = [torch.randn(2, 3, 32, 32) for _ in range(16)]
+    serial = [resnet_engine(x, return_path=True) for x in xs]
+    barrier = threading.Barrier(8)
+
+    def call(i):
+        if i < 8:
+            barrier.wait()
+        return resnet_engine(xs[i], return_path=True)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(16)))
+    for (a, pa), (b, pb) in zip(serial, results):
+        assert torch.equal(a, b) and torch.equal(pa, pb)
+
+
+def test_unsupported_layer_names_module():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GELU(), nn.Flatten()).eval()
+    with pytest.raises(UnsupportedLayerError, match=r"'2' \(GELU\)"):
+        dyninfer.compile(model, input_shape=(3, 8, 8))
+
+
+def test_training_mode_and_missing_shape_raise():
+    model = dyninfer.create_model("resnet20")
+    with pytest.raises(ValueError, match="training mode"):
+        dyninfer.compile(model)
+    user = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).eval()
+    with pytest.raises(ValueError, match="input_shape"):
+        dyninfer.compile(user)
+
+
+def test_portable_path_matches_simd(monkeypatch):
+    model = randomize(dyninfer.create_model("resnet20"), seed=6)
+    x = torch.randn(2, 3, 32, 32)
+    fast = dyninfer.compile(model)
+    monkeypatch.setenv("DYNINFER_ISA", "portable")
+    slow = dyninfer.compile(model)
+    assert slow.isa == "portable"
+    a, pa = fast(x, return_path=True)
+    b, pb = slow(x, return_path=True)
+    assert rel_err(b, a) < 1e-5
+    assert torch.equal(pa, pb)
+
+
+def test_plan_survives_pickle_round_trip(resnet_engine, tmp_path):
+    class Wrap(torch.nn.Module):
+        def __init__(self, plan):
+            super().__init__()
+            self.plan = plan
+
+        def forward(self, x):
+            return torch.ops.dyninfer.run(self.plan, x, False, False)[0]
+
+    scripted = torch.jit.script(Wrap(resnet_engine.plan))
+    path = os.path.join(tmp_path, "plan.pt")
+    scripted.save(path)
+    loaded = torch.jit.load(path)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), resnet_engine(x).flatten(1))
