@@ -141,7 +141,8 @@ class MacReport:
         if self.zero_cost:
             lines.append("  zero-cost ops: " + ", ".join(f"{k}×{v}" for k, v in sorted(self.zero_cost.items())))
         if self.unsupported:
-            lines.append("  UNSUPPORTED (counted 0): " + ", ".join(f"{k}×{v}" for k, v in sorted(self.unsupported.items())))
+            ops = ", ".join(f"{k}×{v}" for k, v in sorted(self.unsupported.items()))
+            lines.append(f"  UNSUPPORTED (counted 0): {ops}")
         if layers:
             w = max((len(layer.name) for layer in self.layers), default=4)
             lines.append(f"  {'layer':<{w}s}  {'op':<20s} {'dense':>13s} {'eff. mean':>13s} {'ratio':>6s}")

@@ -91,8 +91,9 @@ PRESETS: dict[str, LossConfig] = {
     "resnet56_cifar": LossConfig(lambda_mi=0.01, lambda_kl=1.0, lambda_s=1.5e-4, target_ratio=0.0),
     "vgg_cifar": LossConfig(lambda_mi=0.04, lambda_kl=1.0, lambda_s=2e-4, target_ratio=0.0),  # λk not published
     "googlenet_cifar": LossConfig(lambda_mi=0.006, lambda_kl=1.0, lambda_s=5e-5, target_ratio=0.0),  # λk not published
-    "resnet18_imagenet": LossConfig(lambda_mi=0.005, lambda_kl=1.0, lambda_s=0.01, target_ratio=0.6),  # λk not published
-    "vgg16_imagenet": LossConfig(lambda_mi=0.01, lambda_kl=1.0, lambda_s=0.01, target_ratio=0.5),  # λk not published
+    # λk not published for the two ImageNet settings either
+    "resnet18_imagenet": LossConfig(lambda_mi=0.005, lambda_kl=1.0, lambda_s=0.01, target_ratio=0.6),
+    "vgg16_imagenet": LossConfig(lambda_mi=0.01, lambda_kl=1.0, lambda_s=0.01, target_ratio=0.5),
 }
 
 # Registry model names -> the preset published for that architecture (CIFAR ResNets of other
@@ -182,7 +183,8 @@ class DecouplingLoss(nn.Module):
             found = dict(model)
             what = "gate mapping"
         else:
-            raise ValueError(f"DecouplingLoss: expected a model or a {{path: gate}} mapping, got {type(model).__name__}")
+            raise ValueError(f"DecouplingLoss: expected a model or a {{path: gate}} mapping, "
+                             f"got {type(model).__name__}")
         if not found:
             raise ValueError(f"DecouplingLoss: {what} has no ArchitectureControl gates; decouple() it first")
         for path, g in found.items():
