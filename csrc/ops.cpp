@@ -83,11 +83,11 @@ struct CompiledPlan : torch::CustomClassHolder {
   std::vector<double> conv_times() const { return plan->conv_times_ns(); }
 };
 
-at::Tensor fma_peak(int64_t iters) {
+at::Tensor fma_peak(int64_t iters, int64_t width) {
   TORCH_CHECK_VALUE(iters > 0, "fma_peak: iters must be positive, got ", iters);
-  const Isa isa = detect_isa();
+  TORCH_CHECK_VALUE(width == 0 || width == 8 || width == 16, "fma_peak: width must be 0 (best), 8 or 16, got ", width);
   const auto t0 = std::chrono::steady_clock::now();
-  const double flops = fma_peak_probe(isa, iters);
+  const double flops = width == 0 ? fma_peak_probe(detect_isa(), iters) : fma_peak_probe_width(static_cast<int>(width), iters);
   const auto t1 = std::chrono::steady_clock::now();
   const double s = std::chrono::duration<double>(t1 - t0).count();
   return at::tensor({flops / s / 1e9}, at::kDouble);
@@ -113,6 +113,12 @@ TORCH_LIBRARY(dyninfer, m) {
       .def("set_profiling",
            [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self, bool on) { self->plan->set_profiling(on); })
       .def("conv_times_ns", &dyninfer::CompiledPlan::conv_times)
+      .def("conv_vector_widths",
+           [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self) {
+             std::vector<int64_t> v;
+             for (int i = 0; i < self->plan->n_convs(); ++i) v.push_back(self->plan->conv_vw(i));
+             return v;
+           })
       .def_pickle(
           [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self)
               -> std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<at::Tensor>,
@@ -126,5 +132,5 @@ TORCH_LIBRARY(dyninfer, m) {
           });
   m.def("run(__torch__.torch.classes.dyninfer.Plan plan, Tensor x, bool return_path=False, bool open_gates=False) -> (Tensor, Tensor)",
         &dyninfer::run_plan);
-  m.def("fma_peak(int iters) -> Tensor", &dyninfer::fma_peak);
+  m.def("fma_peak(int iters, int width=0) -> Tensor", &dyninfer::fma_peak);
 }

@@ -15,7 +15,8 @@ namespace dyninfer {
 // ky*rs + kx` (direct stride-1 path: rs = padded row width; im2col path: kh = taps, kw = 1,
 // rs = tap plane size). in_real[c] is the weight column of compact channel c.
 // Weights: w[o][I][kh*kw] (BN folded), row of output channel o at w + o * w_ostride.
-// Output vector v (vw consecutive pixels of one row, `valid[v]` of them real) goes to
+// Output vector v (vw consecutive pixels of one row, or in "flat" mode vw consecutive pixels of
+// the padded plane spanning rows; bit i of lanes[v] set when lane i is a real pixel) goes to
 // out_plane[k] + out_off[v] for the k-th computed channel, plus res_plane[k] + res_off[v] when a
 // residual plane is given, then bias, optional ReLU. sums[out_real[k]] += Σ stored values when
 // sums != nullptr (the per-channel sums the next gate's GAP needs).
@@ -32,7 +33,7 @@ struct ConvCall {
   const int64_t* in_off = nullptr;
   const int64_t* out_off = nullptr;
   const int64_t* res_off = nullptr;
-  const int32_t* valid = nullptr;
+  const uint32_t* lanes = nullptr;
   const int32_t* out_real = nullptr;  // real output channel of each computed channel
   float* const* out_plane = nullptr;
   const float* const* res_plane = nullptr;  // entries may be null (no residual for that channel)
@@ -43,14 +44,19 @@ struct ConvCall {
   const int32_t* group_start = nullptr;
   const int32_t* group_size = nullptr;
   int g_begin = 0, g_end = 0;
+  int vw = 8;  // pixels per output vector the offsets were built for (8: AVX2/portable, 16: AVX-512)
 };
 
-// Vector width (pixels per output vector) of an ISA's conv kernel.
-int conv_vector_width(Isa isa);
-// Largest channel-group size the kernels take (groups are built as 3s and 2s, never 1 unless
-// only one channel is computed).
-constexpr int kMaxGroup = 3;
+// Pixels per output vector for a conv whose output rows are `out_w` wide: 16 on AVX-512 CPUs
+// when rows are wider than 8 pixels, else 8.
+int conv_vector_width(Isa isa, int out_w);
+// Output vectors per register tile.
 constexpr int kTileVectors = 4;
+// Largest output-channel group a kernel tile takes: 3 with 16 vector registers, 6 with 32.
+int conv_max_group(Isa isa);
+// Split n computed channels into ceil(n / max_group) groups of near-equal size (so no lone
+// channel runs at a fraction of the FMA throughput); returns the number of groups.
+int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size);
 
 void conv_run(Isa isa, const ConvCall& call);
 
@@ -61,5 +67,7 @@ void conv_run_avx512(const ConvCall& call);
 // Single-core FMA peak probe: runs `iters` iterations of `chains` independent FMA chains of the
 // ISA's vector width; returns FLOPs executed (2 per lane per FMA).
 double fma_peak_probe(Isa isa, int64_t iters);
+// Peak probe at a given vector width (8: ymm, 16: zmm) on this CPU; 0 if unsupported.
+double fma_peak_probe_width(int width, int64_t iters);
 
 }  // namespace dyninfer

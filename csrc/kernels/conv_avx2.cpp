@@ -10,11 +10,12 @@
 namespace dyninfer {
 namespace avx2 {
 
-alignas(32) static const int32_t kMaskTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-
 struct T8 {
   using V = __m256;
   static constexpr int W = 8;
+  static constexpr int kMaxM = 3;
+  static constexpr bool kInputsFirst = false;
+  static void pin(V&) {}
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
@@ -24,18 +25,22 @@ struct T8 {
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static void store(float* p, V v) { _mm256_store_ps(p, v); }
   static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static __m256i mask(int n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - n)); }
-  static V load_n(const float* p, int n) { return n == W ? load(p) : _mm256_maskload_ps(p, mask(n)); }
-  static void store_n(float* p, V v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
-  static V keep_n(V v, int n) { return _mm256_and_ps(v, _mm256_castsi256_ps(mask(n))); }
+  static constexpr uint32_t kFull = 0xFFu;
+  static __m256i mask(uint32_t m) {
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(m)), bit), bit);
+  }
+  static V load_m(const float* p, uint32_t m) { return _mm256_maskload_ps(p, mask(m)); }
+  static void store_m(float* p, V v, uint32_t m) { _mm256_maskstore_ps(p, mask(m), v); }
+  static V keep_m(V v, uint32_t m) { return _mm256_and_ps(v, _mm256_castsi256_ps(mask(m))); }
   static float hsum(V v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  static void barrier(V* a) {
-    for (int i = 0; i < 12; ++i) asm volatile("" : "+x"(a[i]));
+  static void barrier(V& a, V& b, V& c, V& d, V& e, V& f) {
+    asm volatile("" : "+x"(a), "+x"(b), "+x"(c), "+x"(d), "+x"(e), "+x"(f));
   }
 };
 

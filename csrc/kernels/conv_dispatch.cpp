@@ -4,13 +4,32 @@
 namespace dyninfer {
 
 double fma_peak_avx2(int64_t iters);
+double fma_peak_avx512(int64_t iters);
 double fma_peak_portable(int64_t iters);
 
-int conv_vector_width(Isa) { return 8; }
+int conv_vector_width(Isa isa, int out_w) { return (isa == Isa::kAvx512 && out_w > 8) ? 16 : 8; }
+
+int conv_max_group(Isa isa) { return isa == Isa::kAvx512 ? 6 : 3; }
+
+int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size) {
+  if (n <= 0) return 0;
+  const int ng = (n + max_group - 1) / max_group;
+  const int base = n / ng, extra = n % ng;
+  int k = 0;
+  for (int g = 0; g < ng; ++g) {
+    start[g] = k;
+    size[g] = base + (g < extra ? 1 : 0);
+    k += size[g];
+  }
+  return ng;
+}
 
 void conv_run(Isa isa, const ConvCall& call) {
+  if (isa == Isa::kAvx512) {
+    conv_run_avx512(call);  // zmm for 16-pixel vectors, ymm with 32 registers for 8
+    return;
+  }
   switch (isa) {
-    case Isa::kAvx512:
     case Isa::kAvx2: conv_run_avx2(call); return;
     default: conv_run_portable(call); return;
   }
@@ -18,10 +37,17 @@ void conv_run(Isa isa, const ConvCall& call) {
 
 double fma_peak_probe(Isa isa, int64_t iters) {
   switch (isa) {
-    case Isa::kAvx512:
+    case Isa::kAvx512: return fma_peak_avx512(iters);
     case Isa::kAvx2: return fma_peak_avx2(iters);
     default: return fma_peak_portable(iters);
   }
+}
+
+double fma_peak_probe_width(int width, int64_t iters) {
+  const Isa isa = detect_isa();
+  if (width == 16) return isa == Isa::kAvx512 ? fma_peak_avx512(iters) : 0.0;
+  if (width == 8) return isa == Isa::kPortable ? fma_peak_portable(iters) : fma_peak_avx2(iters);
+  return 0.0;
 }
 
 }  // namespace dyninfer

@@ -2,8 +2,10 @@
 // conv_<isa>.cpp under the matching `#pragma GCC target`, so the same source yields every path.
 //
 // Tiling: M output channels (broadcast weights) x NV output vectors (T::W pixels each) -> M*NV
-// accumulators; M=3, NV=4 gives 12 ymm accumulators + 3 broadcasts + 1 input vector = 16 ymm.
-// Loads per step: M broadcasts + NV input loads for M*NV FMAs (7 per 12).
+// accumulators. With 16 vector registers (AVX2) M <= 3, NV = 4: 12 accumulators + 3 broadcasts +
+// 1 input vector; loads per step 7 for 12 FMAs. With 32 registers (AVX-512, zmm or ymm) M <= 6:
+// 24 accumulators + 6 broadcasts + 1 input, 10 loads for 24 FMAs, which keeps the (often
+// cache-line-split) input loads well under the load ports' limit.
 #pragma once
 
 #include <cstdint>
@@ -35,11 +37,25 @@ static inline void micro(const ConvCall& c, const float* const* wrow, const int6
     for (int ky = 0; ky < kh; ++ky) {
       const float* row = ic + ky * rs;
       for (int kx = 0; kx < kw; ++kx) {
-        V b[M];
-        for (int m = 0; m < M; ++m) b[m] = T::bcast(wp[m] + ky * kw + kx);
-        for (int j = 0; j < NV; ++j) {
-          const V a = T::load(row + vo[j] + kx);
-          for (int m = 0; m < M; ++m) acc[m][j] = T::fma(b[m], a, acc[m][j]);
+        if constexpr (T::kInputsFirst) {
+          // 32 registers: NV inputs stay in registers, one broadcast at a time (pinned so the
+          // compiler does not fold it into every FMA as a {1toN} memory operand: that would be
+          // M*NV loads per step instead of M + NV).
+          V a[NV];
+          for (int j = 0; j < NV; ++j) a[j] = T::load(row + vo[j] + kx);
+          for (int m = 0; m < M; ++m) {
+            V b = T::bcast(wp[m] + ky * kw + kx);
+            T::pin(b);
+            for (int j = 0; j < NV; ++j) acc[m][j] = T::fma(b, a[j], acc[m][j]);
+          }
+        } else {
+          // 16 registers: M broadcasts stay in registers, one input vector at a time.
+          V b[M];
+          for (int m = 0; m < M; ++m) b[m] = T::bcast(wp[m] + ky * kw + kx);
+          for (int j = 0; j < NV; ++j) {
+            const V a = T::load(row + vo[j] + kx);
+            for (int m = 0; m < M; ++m) acc[m][j] = T::fma(b[m], a, acc[m][j]);
+          }
         }
       }
     }
@@ -64,15 +80,16 @@ static void tile(const ConvCall& c, int k0, int v0, float* acc) {
     for (int j = 0; j < NV; ++j) {
       const int v = v0 + j;
       typename T::V x = T::add(T::load(acc + (m * NV + j) * T::W), bias);
-      const int valid = c.valid[v];
-      if (rp) x = T::add(x, T::load_n(rp + c.res_off[v], valid));
+      const uint32_t lanes = c.lanes[v];
+      const bool full = lanes == T::kFull;
+      if (rp) x = T::add(x, full ? T::load(rp + c.res_off[v]) : T::load_m(rp + c.res_off[v], lanes));
       if (c.relu) x = T::max(x, T::zero());
-      if (valid == T::W) {
+      if (full) {
         T::storeu(op + c.out_off[v], x);
         s = T::add(s, x);
       } else {
-        T::store_n(op + c.out_off[v], x, valid);
-        s = T::add(s, T::keep_n(x, valid));
+        T::store_m(op + c.out_off[v], x, lanes);
+        s = T::add(s, T::keep_m(x, lanes));
       }
     }
     if (c.sums) c.sums[o] += T::hsum(s);
@@ -89,19 +106,22 @@ static void tile_nv(const ConvCall& c, int k0, int v0, int nv, float* acc) {
   }
 }
 
+template <class T, int KH, int KW, int M>
+static inline void tile_m(const ConvCall& c, int m, int k0, int v0, int nv, float* acc) {
+  if (m == M) {
+    tile_nv<T, M, KH, KW>(c, k0, v0, nv, acc);
+  } else if constexpr (M > 1) {
+    tile_m<T, KH, KW, M - 1>(c, m, k0, v0, nv, acc);
+  }
+}
+
 template <class T, int KH, int KW>
 static void run_shape(const ConvCall& c) {
-  alignas(64) float acc[kMaxGroup * kTileVectors * T::W];
+  alignas(64) float acc[T::kMaxM * kTileVectors * T::W];
   for (int v0 = 0; v0 < c.n_vec; v0 += kTileVectors) {
     const int nv = c.n_vec - v0 < kTileVectors ? c.n_vec - v0 : kTileVectors;
-    for (int g = c.g_begin; g < c.g_end; ++g) {
-      const int k0 = c.group_start[g];
-      switch (c.group_size[g]) {
-        case 3: tile_nv<T, 3, KH, KW>(c, k0, v0, nv, acc); break;
-        case 2: tile_nv<T, 2, KH, KW>(c, k0, v0, nv, acc); break;
-        default: tile_nv<T, 1, KH, KW>(c, k0, v0, nv, acc); break;
-      }
-    }
+    for (int g = c.g_begin; g < c.g_end; ++g)
+      tile_m<T, KH, KW, T::kMaxM>(c, c.group_size[g], c.group_start[g], v0, nv, acc);
   }
 }
 
@@ -114,17 +134,21 @@ static void run(const ConvCall& c) {
 
 template <class T>
 static double peak(int64_t iters) {
+  // 12 independent FMA chains held in named registers (an array would be spilled to the stack).
   using V = typename T::V;
-  V a[12];
-  for (int i = 0; i < 12; ++i) a[i] = T::set1(1.0f + 1e-7f * i);
   const V x = T::set1(0.9999999f), y = T::set1(1e-8f);
+  V a0 = T::set1(1.f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0,
+    a10 = a0, a11 = a0;
   for (int64_t it = 0; it < iters; ++it) {
-    for (int i = 0; i < 12; ++i) a[i] = T::fma(a[i], x, y);
-    T::barrier(a);
+    a0 = T::fma(a0, x, y); a1 = T::fma(a1, x, y); a2 = T::fma(a2, x, y); a3 = T::fma(a3, x, y);
+    a4 = T::fma(a4, x, y); a5 = T::fma(a5, x, y); a6 = T::fma(a6, x, y); a7 = T::fma(a7, x, y);
+    a8 = T::fma(a8, x, y); a9 = T::fma(a9, x, y); a10 = T::fma(a10, x, y); a11 = T::fma(a11, x, y);
+    T::barrier(a0, a1, a2, a3, a4, a5);
+    T::barrier(a6, a7, a8, a9, a10, a11);
   }
-  float sink = 0;
-  for (int i = 0; i < 12; ++i) sink += T::hsum(a[i]);
-  volatile float keep = sink;
+  V s = T::add(T::add(T::add(a0, a1), T::add(a2, a3)), T::add(T::add(a4, a5), T::add(a6, a7)));
+  s = T::add(s, T::add(T::add(a8, a9), T::add(a10, a11)));
+  volatile float keep = T::hsum(s);
   (void)keep;
   return 2.0 * 12.0 * T::W * static_cast<double>(iters);
 }

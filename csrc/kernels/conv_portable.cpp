@@ -13,6 +13,9 @@ struct S8 {
     float v[8];
   };
   static constexpr int W = 8;
+  static constexpr int kMaxM = 3;
+  static constexpr bool kInputsFirst = false;
+  static void pin(V&) {}
   static V zero() { return set1(0.f); }
   static V set1(float x) {
     V r;
@@ -40,16 +43,20 @@ struct S8 {
   }
   static void store(float* p, V v) { std::memcpy(p, v.v, sizeof(v.v)); }
   static void storeu(float* p, V v) { std::memcpy(p, v.v, sizeof(v.v)); }
-  static V load_n(const float* p, int n) {
+  static constexpr uint32_t kFull = 0xFFu;
+  static V load_m(const float* p, uint32_t m) {
     V r = zero();
-    for (int i = 0; i < n; ++i) r.v[i] = p[i];
+    for (int i = 0; i < W; ++i)
+      if (m >> i & 1u) r.v[i] = p[i];
     return r;
   }
-  static void store_n(float* p, V v, int n) {
-    for (int i = 0; i < n; ++i) p[i] = v.v[i];
+  static void store_m(float* p, V v, uint32_t m) {
+    for (int i = 0; i < W; ++i)
+      if (m >> i & 1u) p[i] = v.v[i];
   }
-  static V keep_n(V v, int n) {
-    for (int i = n; i < W; ++i) v.v[i] = 0.f;
+  static V keep_m(V v, uint32_t m) {
+    for (int i = 0; i < W; ++i)
+      if (!(m >> i & 1u)) v.v[i] = 0.f;
     return v;
   }
   static float hsum(V v) {
@@ -59,7 +66,7 @@ struct S8 {
     const float a = s[0] + s[2], b = s[1] + s[3];
     return a + b;
   }
-  static void barrier(V*) {}
+  static void barrier(V&, V&, V&, V&, V&, V&) {}
 };
 
 }  // namespace portable

@@ -62,9 +62,11 @@ struct ConvOp {
   const float* w;
   const float* bias;
   // Output vectors: offsets into the input (direct) or column buffer (im2col), output plane,
-  // residual plane; valid pixels per vector.
+  // residual plane; bit mask of the real pixels among each vector's lanes.
   std::vector<int64_t> in_off, out_off, res_off;
-  std::vector<int32_t> valid;
+  std::vector<uint32_t> lanes;
+  bool flat = false;     // vectors run over the padded plane across rows (see build_conv_vectors)
+  int vw = 8;            // pixels per output vector (see conv_vector_width)
   int64_t col_rows = 0;  // im2col: padded output row width (multiple of the vector width)
   std::string name;
 };
@@ -138,6 +140,7 @@ class Plan {
   const Buffer& output_buffer() const { return buffers_[output_]; }
   Isa isa() const { return isa_; }
   int n_convs() const { return static_cast<int>(convs_.size()); }
+  int conv_vw(int i) const { return convs_[i].vw; }
   const std::string& conv_name(int i) const { return convs_[i].name; }
   // Per-conv wall time of the last profiled run (nanoseconds), accumulated when profiling is on.
   void set_profiling(bool on) const;
@@ -164,7 +167,6 @@ class Plan {
   int64_t col_floats_ = 0;
   int max_channels_ = 0;
   Isa isa_;
-  int vw_ = 8;
 
   mutable std::mutex pool_mu_;
   mutable std::vector<std::unique_ptr<Workspace>> pool_;

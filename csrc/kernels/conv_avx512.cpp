@@ -1,0 +1,91 @@
+// AVX-512 instantiation of the conv kernels (16-pixel vectors), used for output rows wider than
+// 8 pixels on CPUs whose run-time probe reports avx512f. Same source as every other path.
+#if defined(__x86_64__)
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+#include <immintrin.h>
+
+#define DYNINFER_ISA_NS avx512
+#include "conv_impl.h"
+
+namespace dyninfer {
+namespace avx512 {
+
+struct T16 {
+  using V = __m512;
+  static constexpr int W = 16;
+  static constexpr int kMaxM = 6;
+  static constexpr bool kInputsFirst = true;
+  static void pin(V& v) { asm volatile("" : "+v"(v)); }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static void store(float* p, V v) { _mm512_store_ps(p, v); }
+  static void storeu(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static constexpr uint32_t kFull = 0xFFFFu;
+  static V load_m(const float* p, uint32_t m) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p); }
+  static void store_m(float* p, V v, uint32_t m) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), v); }
+  static V keep_m(V v, uint32_t m) { return _mm512_maskz_mov_ps(static_cast<__mmask16>(m), v); }
+  static float hsum(V v) {
+    // (lo + hi) halves down to one lane, fixed order.
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static void barrier(V& a, V& b, V& c, V& d, V& e, V& f) {
+    asm volatile("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d), "+v"(e), "+v"(f));
+  }
+};
+
+// 8-pixel vectors with AVX-512VL encodings: 32 ymm registers allow the 6-channel tiles.
+struct T8 {
+  using V = __m256;
+  static constexpr int W = 8;
+  static constexpr int kMaxM = 6;
+  static constexpr bool kInputsFirst = true;
+  static void pin(V& v) { asm volatile("" : "+v"(v)); }
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static void store(float* p, V v) { _mm256_store_ps(p, v); }
+  static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static constexpr uint32_t kFull = 0xFFu;
+  static V load_m(const float* p, uint32_t m) { return _mm256_maskz_loadu_ps(static_cast<__mmask8>(m), p); }
+  static void store_m(float* p, V v, uint32_t m) { _mm256_mask_storeu_ps(p, static_cast<__mmask8>(m), v); }
+  static V keep_m(V v, uint32_t m) { return _mm256_maskz_mov_ps(static_cast<__mmask8>(m), v); }
+  static float hsum(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static void barrier(V& a, V& b, V& c, V& d, V& e, V& f) {
+    asm volatile("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d), "+v"(e), "+v"(f));
+  }
+};
+
+}  // namespace avx512
+
+void conv_run_avx512(const ConvCall& call) {
+  if (call.vw == 16) avx512::run<avx512::T16>(call);
+  else avx512::run<avx512::T8>(call);
+}
+double fma_peak_avx512(int64_t iters) { return avx512::peak<avx512::T16>(iters); }
+
+}  // namespace dyninfer
+#else
+#include "conv.h"
+namespace dyninfer {
+void conv_run_avx512(const ConvCall& call) { conv_run_portable(call); }
+double fma_peak_avx512(int64_t) { return 0.0; }
+}  // namespace dyninfer
+#endif
