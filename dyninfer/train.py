@@ -164,6 +164,7 @@ class TrainResult:
     seconds: float
     dense: "TrainResult | None" = None  # the dense pre-training run, when one was done
     loss_config: Any = None
+    criterion: nn.Module | None = None  # the DecouplingLoss (holds the trained W_cla) of a gated run
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -436,7 +437,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
             b = y.shape[0]
             loss_sum += total.item() * b
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * b
+                sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) * b
             correct += (logits.detach().argmax(1) == y).sum().item()
             seen += b
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
@@ -471,7 +472,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
     model.eval()
     return TrainResult(config=cfg, model=model, history=history, final=history[-1], best=best,
                        best_path=best_path, last_path=last_path, seconds=time.perf_counter() - t0,
-                       loss_config=loss_cfg)
+                       loss_config=loss_cfg, criterion=criterion if cfg.gated else None)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
