@@ -6,6 +6,7 @@
 #include <torch/script.h>
 
 #include <chrono>
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -61,10 +62,15 @@ struct CompiledPlan : torch::CustomClassHolder {
                       x.sizes());
     TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "dyninfer engine: expected float32 input, got ", x.scalar_type());
     TORCH_CHECK_VALUE(x.device().is_cpu(), "dyninfer engine: expected a CPU tensor, got one on ", x.device());
-    TORCH_CHECK_VALUE(!x.requires_grad() || !at::GradMode::is_enabled() || true, "");
     const at::Tensor xc = x.detach().contiguous();
-    TORCH_CHECK_VALUE(xc.numel() == 0 || at::isfinite(xc).all().item<bool>(),
-                      "dyninfer engine: input contains NaN or Inf values");
+    {
+      // Non-finite inputs would propagate silently through the sparse kernels; refuse them.
+      const float* p = xc.data_ptr<float>();
+      const int64_t n = xc.numel();
+      bool finite = true;
+      for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(p[i]);
+      TORCH_CHECK_VALUE(finite, "dyninfer engine: input contains NaN or Inf values");
+    }
     const int64_t batch = xc.size(0);
     at::Tensor out = at::empty({batch, plan->output_numel()}, xc.options());
     at::Tensor path = at::empty({return_path ? batch : 0, plan->path_len()}, xc.options());

@@ -50,15 +50,30 @@ struct ConvCall {
 // Pixels per output vector for a conv whose output rows are `out_w` wide: 16 on AVX-512 CPUs
 // when rows are wider than 8 pixels, else 8.
 int conv_vector_width(Isa isa, int out_w);
-// Output vectors per register tile.
-constexpr int kTileVectors = 4;
-// Largest output-channel group a kernel tile takes: 3 with 16 vector registers, 6 with 32.
-int conv_max_group(Isa isa);
+// Largest output-channel group a kernel tile takes: 3 with 16 vector registers (4 vectors per
+// tile), 6 (ymm, 4 vectors) or 8 (zmm, 3 vectors) with 32.
+int conv_max_group(Isa isa, int vw);
 // Split n computed channels into ceil(n / max_group) groups of near-equal size (so no lone
 // channel runs at a fraction of the FMA throughput); returns the number of groups.
 int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size);
 
 void conv_run(Isa isa, const ConvCall& call);
+
+// Column buffer for strided / dilated convs: col[c][ky][kx][y][x'] with rows of col_rows floats
+// (x' >= wo zero), read from n_in compact padded planes (border pixels of zeros around h x w).
+struct Im2colCall {
+  const float* in = nullptr;
+  int64_t plane = 0;
+  int border = 0, hi = 0, wi = 0;
+  int64_t wp = 0;
+  int n_in = 0, kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, ho = 0, wo = 0;
+  int64_t col_rows = 0;
+  float* col = nullptr;
+};
+void conv_im2col(Isa isa, const Im2colCall& a);
+void conv_im2col_portable(const Im2colCall& a);
+void conv_im2col_avx2(const Im2colCall& a);
+void conv_im2col_avx512(const Im2colCall& a);
 
 void conv_run_portable(const ConvCall& call);
 void conv_run_avx2(const ConvCall& call);

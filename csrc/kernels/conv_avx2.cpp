@@ -14,6 +14,7 @@ struct T8 {
   using V = __m256;
   static constexpr int W = 8;
   static constexpr int kMaxM = 3;
+  static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kInputsFirst = false;
   static void pin(V&) {}
   static V zero() { return _mm256_setzero_ps(); }
@@ -48,12 +49,14 @@ struct T8 {
 
 void conv_run_avx2(const ConvCall& call) { avx2::run<avx2::T8>(call); }
 double fma_peak_avx2(int64_t iters) { return avx2::peak<avx2::T8>(iters); }
+void conv_im2col_avx2(const Im2colCall& a) { avx2::im2col(a); }
 
 }  // namespace dyninfer
 #else
 #include "conv.h"
 namespace dyninfer {
 void conv_run_avx2(const ConvCall& call) { conv_run_portable(call); }
+void conv_im2col_avx2(const Im2colCall& a) { conv_im2col_portable(a); }
 double fma_peak_avx2(int64_t) { return 0.0; }
 }  // namespace dyninfer
 #endif

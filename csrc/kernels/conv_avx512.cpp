@@ -13,7 +13,8 @@ namespace avx512 {
 struct T16 {
   using V = __m512;
   static constexpr int W = 16;
-  static constexpr int kMaxM = 6;
+  static constexpr int kMaxM = 8;
+  static constexpr int kNV = 3;  // output vectors per register tile
   static constexpr bool kInputsFirst = true;
   static void pin(V& v) { asm volatile("" : "+v"(v)); }
   static V zero() { return _mm512_setzero_ps(); }
@@ -47,6 +48,7 @@ struct T8 {
   using V = __m256;
   static constexpr int W = 8;
   static constexpr int kMaxM = 6;
+  static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kInputsFirst = true;
   static void pin(V& v) { asm volatile("" : "+v"(v)); }
   static V zero() { return _mm256_setzero_ps(); }
@@ -75,17 +77,45 @@ struct T8 {
 
 }  // namespace avx512
 
+// The kernels use zmm/ymm16-31, which vzeroupper does not clean. Left dirty, they make every
+// legacy-SSE instruction that runs afterwards (the portable glue code of the runtime) pay a
+// merge penalty — measured 3-4x slower im2col. Zero them before returning.
+static inline void clean_upper_state() {
+  asm volatile(
+      "vpxord %%zmm16, %%zmm16, %%zmm16\n\tvpxord %%zmm17, %%zmm17, %%zmm17\n\t"
+      "vpxord %%zmm18, %%zmm18, %%zmm18\n\tvpxord %%zmm19, %%zmm19, %%zmm19\n\t"
+      "vpxord %%zmm20, %%zmm20, %%zmm20\n\tvpxord %%zmm21, %%zmm21, %%zmm21\n\t"
+      "vpxord %%zmm22, %%zmm22, %%zmm22\n\tvpxord %%zmm23, %%zmm23, %%zmm23\n\t"
+      "vpxord %%zmm24, %%zmm24, %%zmm24\n\tvpxord %%zmm25, %%zmm25, %%zmm25\n\t"
+      "vpxord %%zmm26, %%zmm26, %%zmm26\n\tvpxord %%zmm27, %%zmm27, %%zmm27\n\t"
+      "vpxord %%zmm28, %%zmm28, %%zmm28\n\tvpxord %%zmm29, %%zmm29, %%zmm29\n\t"
+      "vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31\n\t"
+      "vzeroupper" ::
+          : "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26",
+            "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "memory");
+}
+
 void conv_run_avx512(const ConvCall& call) {
   if (call.vw == 16) avx512::run<avx512::T16>(call);
   else avx512::run<avx512::T8>(call);
+  clean_upper_state();
 }
-double fma_peak_avx512(int64_t iters) { return avx512::peak<avx512::T16>(iters); }
+void conv_im2col_avx512(const Im2colCall& a) {
+  avx512::im2col(a);
+  clean_upper_state();
+}
+double fma_peak_avx512(int64_t iters) {
+  const double f = avx512::peak<avx512::T16>(iters);
+  clean_upper_state();
+  return f;
+}
 
 }  // namespace dyninfer
 #else
 #include "conv.h"
 namespace dyninfer {
 void conv_run_avx512(const ConvCall& call) { conv_run_portable(call); }
+void conv_im2col_avx512(const Im2colCall& a) { conv_im2col_portable(a); }
 double fma_peak_avx512(int64_t) { return 0.0; }
 }  // namespace dyninfer
 #endif

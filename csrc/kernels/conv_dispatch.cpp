@@ -9,7 +9,10 @@ double fma_peak_portable(int64_t iters);
 
 int conv_vector_width(Isa isa, int out_w) { return (isa == Isa::kAvx512 && out_w > 8) ? 16 : 8; }
 
-int conv_max_group(Isa isa) { return isa == Isa::kAvx512 ? 6 : 3; }
+int conv_max_group(Isa isa, int vw) {
+  if (isa != Isa::kAvx512) return 3;
+  return vw == 16 ? 8 : 6;
+}
 
 int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size) {
   if (n <= 0) return 0;
@@ -32,6 +35,14 @@ void conv_run(Isa isa, const ConvCall& call) {
   switch (isa) {
     case Isa::kAvx2: conv_run_avx2(call); return;
     default: conv_run_portable(call); return;
+  }
+}
+
+void conv_im2col(Isa isa, const Im2colCall& a) {
+  switch (isa) {
+    case Isa::kAvx512: conv_im2col_avx512(a); return;
+    case Isa::kAvx2: conv_im2col_avx2(a); return;
+    default: conv_im2col_portable(a); return;
   }
 }
 

@@ -3,9 +3,9 @@
 //
 // Tiling: M output channels (broadcast weights) x NV output vectors (T::W pixels each) -> M*NV
 // accumulators. With 16 vector registers (AVX2) M <= 3, NV = 4: 12 accumulators + 3 broadcasts +
-// 1 input vector; loads per step 7 for 12 FMAs. With 32 registers (AVX-512, zmm or ymm) M <= 6:
-// 24 accumulators + 6 broadcasts + 1 input, 10 loads for 24 FMAs, which keeps the (often
-// cache-line-split) input loads well under the load ports' limit.
+// 1 input vector; loads per step 7 for 12 FMAs. With 32 registers (AVX-512): zmm M <= 8, NV = 3
+// (24 accumulators + 3 inputs + 1 broadcast; 11 loads for 24 FMAs), ymm M <= 6, NV = 4. That keeps
+// the (mostly cache-line-split) input loads well under the load ports' limit.
 #pragma once
 
 #include <cstdint>
@@ -96,13 +96,12 @@ static void tile(const ConvCall& c, int k0, int v0, float* acc) {
   }
 }
 
-template <class T, int M, int KH, int KW>
+template <class T, int M, int KH, int KW, int NV = T::kNV>
 static void tile_nv(const ConvCall& c, int k0, int v0, int nv, float* acc) {
-  switch (nv) {
-    case 4: tile<T, M, 4, KH, KW>(c, k0, v0, acc); break;
-    case 3: tile<T, M, 3, KH, KW>(c, k0, v0, acc); break;
-    case 2: tile<T, M, 2, KH, KW>(c, k0, v0, acc); break;
-    default: tile<T, M, 1, KH, KW>(c, k0, v0, acc); break;
+  if (nv == NV) {
+    tile<T, M, NV, KH, KW>(c, k0, v0, acc);
+  } else if constexpr (NV > 1) {
+    tile_nv<T, M, KH, KW, NV - 1>(c, k0, v0, nv, acc);
   }
 }
 
@@ -117,11 +116,17 @@ static inline void tile_m(const ConvCall& c, int m, int k0, int v0, int nv, floa
 
 template <class T, int KH, int KW>
 static void run_shape(const ConvCall& c) {
-  alignas(64) float acc[T::kMaxM * kTileVectors * T::W];
-  for (int v0 = 0; v0 < c.n_vec; v0 += kTileVectors) {
-    const int nv = c.n_vec - v0 < kTileVectors ? c.n_vec - v0 : kTileVectors;
+  alignas(64) float acc[T::kMaxM * T::kNV * T::W];
+  // Pixel tiles of near-equal size (5 vectors -> 3 + 2, not 4 + 1: a one-vector tile has too few
+  // independent accumulators to hide the FMA latency).
+  const int n_tiles = (c.n_vec + T::kNV - 1) / T::kNV;
+  const int base = n_tiles > 0 ? c.n_vec / n_tiles : 0, extra = n_tiles > 0 ? c.n_vec % n_tiles : 0;
+  int v0 = 0;
+  for (int t = 0; t < n_tiles; ++t) {
+    const int nv = base + (t < extra ? 1 : 0);
     for (int g = c.g_begin; g < c.g_end; ++g)
       tile_m<T, KH, KW, T::kMaxM>(c, c.group_size[g], c.group_start[g], v0, nv, acc);
+    v0 += nv;
   }
 }
 
@@ -129,6 +134,7 @@ template <class T>
 static void run(const ConvCall& c) {
   if (c.kh == 3 && c.kw == 3) run_shape<T, 3, 3>(c);
   else if (c.kh == 1 && c.kw == 1) run_shape<T, 1, 1>(c);
+  else if (c.kh == 9 && c.kw == 1) run_shape<T, 9, 1>(c);  // 3x3 through im2col (strided)
   else run_shape<T, 0, 0>(c);
 }
 
@@ -151,6 +157,42 @@ static double peak(int64_t iters) {
   volatile float keep = T::hsum(s);
   (void)keep;
   return 2.0 * 12.0 * T::W * static_cast<double>(iters);
+}
+
+// Column buffer (see Im2colCall); compiled per ISA so the copies are VEX/EVEX-encoded and
+// vectorised like the kernels around them.
+static void im2col(const Im2colCall& a) {
+  const int64_t wv = a.col_rows;
+  const bool inside = a.ph <= a.border && a.pw <= a.border;
+  for (int ci = 0; ci < a.n_in; ++ci) {
+    const float* src = a.in + ci * a.plane + static_cast<int64_t>(a.border) * a.wp + a.border;
+    for (int ky = 0; ky < a.kh; ++ky)
+      for (int kx = 0; kx < a.kw; ++kx) {
+        float* dst = a.col + ((static_cast<int64_t>(ci) * a.kh + ky) * a.kw + kx) * a.ho * wv;
+        const int x0 = kx * a.dw - a.pw;
+        for (int y = 0; y < a.ho; ++y) {
+          const int iy = y * a.sh - a.ph + ky * a.dh;
+          float* __restrict d = dst + y * wv;
+          if (inside) {
+            const float* __restrict s = src + iy * a.wp + x0;
+            if (a.sw == 2) {
+              for (int x = 0; x < a.wo; ++x) d[x] = s[2 * x];
+            } else {
+              for (int x = 0; x < a.wo; ++x) d[x] = s[x * a.sw];
+            }
+          } else if (iy < 0 || iy >= a.hi) {
+            for (int x = 0; x < a.wo; ++x) d[x] = 0.f;
+          } else {
+            const float* s = src + iy * a.wp;
+            for (int x = 0; x < a.wo; ++x) {
+              const int ix = x * a.sw + x0;
+              d[x] = (ix >= 0 && ix < a.wi) ? s[ix] : 0.f;
+            }
+          }
+          for (int64_t x = a.wo; x < wv; ++x) d[x] = 0.f;
+        }
+      }
+  }
 }
 
 }  // namespace DYNINFER_ISA_NS

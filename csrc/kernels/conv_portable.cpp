@@ -14,6 +14,7 @@ struct S8 {
   };
   static constexpr int W = 8;
   static constexpr int kMaxM = 3;
+  static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kInputsFirst = false;
   static void pin(V&) {}
   static V zero() { return set1(0.f); }
@@ -73,5 +74,6 @@ struct S8 {
 
 void conv_run_portable(const ConvCall& call) { portable::run<portable::S8>(call); }
 double fma_peak_portable(int64_t iters) { return portable::peak<portable::S8>(iters); }
+void conv_im2col_portable(const Im2colCall& a) { portable::im2col(a); }
 
 }  // namespace dyninfer

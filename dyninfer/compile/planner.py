@@ -219,7 +219,9 @@ class _Builder:
         sh, sw = conv.stride
         ph, pw = conv.padding
         dh, dw = conv.dilation
-        if sh == 1 and sw == 1 and dh == 1 and dw == 1:
+        if max(ph, pw) <= 3:
+            # A zero border of the conv's padding lets stride-1 convs read the planes in place and
+            # strided ones build their columns without bounds checks.
             self.direct_pad[x] = max(self.direct_pad.get(x, 0), ph, pw)
         self.emit(CONV, [x, out, res, self.weight(w), self.weight(b), conv.out_channels, conv.in_channels, kh, kw,
                          sh, sw, ph, pw, dh, dw, int(ch["relu"]), gate_idx, 1],
