@@ -495,6 +495,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             cfg = dataclasses.replace(cfg, init_checkpoint=str(init_path))
         result = _run(cfg, d)
         result.dense = dense
+        for r in (result, dense):
+            if r is not None:
+                r.extra["threads"] = threads
+                r.extra["world_size"] = d.world
         return result
     finally:
         if created:
