@@ -477,7 +477,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train as ``cfg`` says; under torchrun (WORLD_SIZE > 1) with DDP/gloo. A gated run without
-    ``init_checkpoint`` first trains the dense model into ``out_dir/dense`` and starts from it."""
+    ``init_checkpoint`` first trains the dense model into ``out_dir/dense`` and starts from its last epoch."""
     d, created = _init_dist()
     threads = cfg.threads or max(1, available_cpus() // d.world)
     torch.set_num_threads(threads)
