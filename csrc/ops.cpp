@@ -65,11 +65,13 @@ struct CompiledPlan : torch::CustomClassHolder {
     const at::Tensor xc = x.detach().contiguous();
     {
       // Non-finite inputs would propagate silently through the sparse kernels; refuse them.
+      // x*0 is 0 for finite x and NaN for NaN/Inf, so one vectorisable reduction tells.
       const float* p = xc.data_ptr<float>();
       const int64_t n = xc.numel();
-      bool finite = true;
-      for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(p[i]);
-      TORCH_CHECK_VALUE(finite, "dyninfer engine: input contains NaN or Inf values");
+      float probe = 0.f;
+#pragma omp simd reduction(+ : probe)
+      for (int64_t i = 0; i < n; ++i) probe += p[i] * 0.f;
+      TORCH_CHECK_VALUE(probe == 0.f, "dyninfer engine: input contains NaN or Inf values");
     }
     const int64_t batch = xc.size(0);
     at::Tensor out = at::empty({batch, plan->output_numel()}, xc.options());
@@ -86,7 +88,7 @@ struct CompiledPlan : torch::CustomClassHolder {
     return {out, path};
   }
 
-  std::vector<double> conv_times() const { return plan->conv_times_ns(); }
+  std::vector<double> op_times() const { return plan->op_times_ns(); }
 };
 
 at::Tensor fma_peak(int64_t iters, int64_t width) {
@@ -118,7 +120,8 @@ TORCH_LIBRARY(dyninfer, m) {
       .def("conv_names", [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self) { return self->names; })
       .def("set_profiling",
            [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self, bool on) { self->plan->set_profiling(on); })
-      .def("conv_times_ns", &dyninfer::CompiledPlan::conv_times)
+      .def("op_times_ns", &dyninfer::CompiledPlan::op_times)
+      .def("op_names", [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self) { return self->plan->op_names(); })
       .def("conv_vector_widths",
            [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self) {
              std::vector<int64_t> v;

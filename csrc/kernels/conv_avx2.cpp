@@ -50,6 +50,8 @@ struct T8 {
 void conv_run_avx2(const ConvCall& call) { avx2::run<avx2::T8>(call); }
 double fma_peak_avx2(int64_t iters) { return avx2::peak<avx2::T8>(iters); }
 void conv_im2col_avx2(const Im2colCall& a) { avx2::im2col(a); }
+float plane_copy_avx2(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return avx2::plane_copy<avx2::T8>(src, sw, dst, dw, h, w, relu); }
+void gemv_avx2(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) { avx2::gemv(w, x, b, y, rows, cols, relu); }
 
 }  // namespace dyninfer
 #else
@@ -57,6 +59,10 @@ void conv_im2col_avx2(const Im2colCall& a) { avx2::im2col(a); }
 namespace dyninfer {
 void conv_run_avx2(const ConvCall& call) { conv_run_portable(call); }
 void conv_im2col_avx2(const Im2colCall& a) { conv_im2col_portable(a); }
+float plane_copy_portable(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
+void gemv_portable(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu);
+float plane_copy_avx2(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return plane_copy_portable(src, sw, dst, dw, h, w, relu); }
+void gemv_avx2(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) { gemv_portable(w, x, b, y, rows, cols, relu); }
 double fma_peak_avx2(int64_t) { return 0.0; }
 }  // namespace dyninfer
 #endif

@@ -100,6 +100,12 @@ void conv_run_avx512(const ConvCall& call) {
   else avx512::run<avx512::T8>(call);
   clean_upper_state();
 }
+float plane_copy_avx512(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) {
+  const float r = avx512::plane_copy<avx512::T16>(src, sw, dst, dw, h, w, relu);
+  clean_upper_state();
+  return r;
+}
+void gemv_avx512(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) { avx512::gemv(w, x, b, y, rows, cols, relu); clean_upper_state(); }
 void conv_im2col_avx512(const Im2colCall& a) {
   avx512::im2col(a);
   clean_upper_state();
@@ -116,6 +122,10 @@ double fma_peak_avx512(int64_t iters) {
 namespace dyninfer {
 void conv_run_avx512(const ConvCall& call) { conv_run_portable(call); }
 void conv_im2col_avx512(const Im2colCall& a) { conv_im2col_portable(a); }
+float plane_copy_portable(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
+void gemv_portable(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu);
+float plane_copy_avx512(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return plane_copy_portable(src, sw, dst, dw, h, w, relu); }
+void gemv_avx512(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) { gemv_portable(w, x, b, y, rows, cols, relu); }
 double fma_peak_avx512(int64_t) { return 0.0; }
 }  // namespace dyninfer
 #endif

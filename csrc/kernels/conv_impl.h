@@ -195,5 +195,43 @@ static void im2col(const Im2colCall& a) {
   }
 }
 
+// dst (h x w, row stride dst_wp) = relu?(src (row stride src_wp)); returns the sum of what was
+// stored (the per-channel sum the next gate's GAP needs).
+template <class T>
+static float plane_copy(const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w, bool relu) {
+  typename T::V s = T::zero();
+  const int full = w / T::W * T::W;
+  const uint32_t tail = static_cast<uint32_t>((1ull << (w - full)) - 1ull);
+  for (int y = 0; y < h; ++y) {
+    const float* a = src + y * src_wp;
+    float* d = dst + y * dst_wp;
+    for (int x = 0; x < full; x += T::W) {
+      typename T::V v = T::load(a + x);
+      if (relu) v = T::max(v, T::zero());
+      T::storeu(d + x, v);
+      s = T::add(s, v);
+    }
+    if (tail) {
+      typename T::V v = T::load_m(a + full, tail);
+      if (relu) v = T::max(v, T::zero());
+      T::store_m(d + full, v, tail);
+      s = T::add(s, v);
+    }
+  }
+  return T::hsum(s);
+}
+
+// y[r] = relu?(b[r] + Σ_c W[r][c] x[c]) — the gates' two small FC layers.
+static void gemv(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) {
+  for (int r = 0; r < rows; ++r) {
+    const float* wr = w + static_cast<int64_t>(r) * cols;
+    float a = 0.f;
+#pragma omp simd reduction(+ : a)
+    for (int c = 0; c < cols; ++c) a += wr[c] * x[c];
+    a += b ? b[r] : 0.f;
+    y[r] = relu ? (a > 0.f ? a : 0.f) : a;
+  }
+}
+
 }  // namespace DYNINFER_ISA_NS
 }  // namespace dyninfer

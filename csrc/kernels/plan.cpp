@@ -307,7 +307,20 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
     q += 2 + cnt;
     ++opi;
   }
-  conv_ns_.assign(convs_.size(), 0.0);
+  op_ns_.assign(ops_.size(), 0.0);
+  for (const Op& op : ops_) {
+    switch (op.kind) {
+      case kConv: op_names_.push_back("conv:" + convs_[op.index].name); break;
+      case kGate: op_names_.push_back("gate:" + std::to_string(gates_[op.index].gate)); break;
+      case kMaxPool: op_names_.push_back("maxpool"); break;
+      case kAvgPool: op_names_.push_back("avgpool"); break;
+      case kLinear: op_names_.push_back("linear"); break;
+      case kConcat: op_names_.push_back("concat"); break;
+      case kAdd: op_names_.push_back("add"); break;
+      case kAffine: op_names_.push_back("affine"); break;
+      case kShortcut: op_names_.push_back("shortcut"); break;
+    }
+  }
 }
 
 Plan::~Plan() = default;
@@ -383,12 +396,12 @@ int64_t Plan::output_numel() const {
 void Plan::set_profiling(bool on) const {
   std::lock_guard<std::mutex> lk(pool_mu_);
   profiling_ = on;
-  std::fill(conv_ns_.begin(), conv_ns_.end(), 0.0);
+  std::fill(op_ns_.begin(), op_ns_.end(), 0.0);
 }
 
-std::vector<double> Plan::conv_times_ns() const {
+std::vector<double> Plan::op_times_ns() const {
   std::lock_guard<std::mutex> lk(pool_mu_);
-  return conv_ns_;
+  return op_ns_;
 }
 
 std::unique_ptr<Workspace> Plan::acquire() const {
@@ -496,21 +509,14 @@ struct Executor {
       const float inv = 1.0f / static_cast<float>(B.H * B.W);
       const auto& act = ws.active[g.in];
       const auto& s = ws.sums[g.in];
+      // s = GAP of the gate input over all C channels (inactive ones are exactly zero).
+      float* sv = ws.gvec.data();
+      std::fill(sv, sv + g.C, 0.f);
+      for (int c : act) sv[c] = s[c] * inv;
       float* h = ws.hidden.data();
-      if (static_cast<int>(ws.hidden.size()) < g.hidden) ws.hidden.resize(g.hidden), h = ws.hidden.data();
-      for (int j = 0; j < g.hidden; ++j) {
-        float a = g.b1[j];
-        const float* w = g.w1 + static_cast<int64_t>(j) * g.C;
-        for (int c : act) a += w[c] * (s[c] * inv);
-        h[j] = a > 0.f ? a : 0.f;
-      }
+      gemv(P.isa_, g.w1, sv, g.b1, h, g.hidden, g.C, true);
       float* lg = ws.glog.data();
-      for (int n = 0; n < g.N; ++n) {
-        float a = g.b2[n];
-        const float* w = g.w2 + static_cast<int64_t>(n) * g.hidden;
-        for (int j = 0; j < g.hidden; ++j) a += w[j] * h[j];
-        lg[n] = a;
-      }
+      gemv(P.isa_, g.w2, h, g.b2, lg, g.N, g.hidden, false);
       if (g.force_k >= 0) {
         auto& idx = ws.tmp;
         for (int n = 0; n < g.N; ++n) idx[n] = n;
@@ -570,18 +576,10 @@ struct Executor {
       } else {
         // Channel only in the residual: out = relu?(res).
         out_act.push_back(r);
-        const float* src = interior(c.res, static_cast<int>(j));
-        float* dst = interior(c.out, pos);
         const Buffer& br = P.buffers_[c.res];
-        double acc = 0;
-        for (int y = 0; y < bo.H; ++y)
-          for (int x = 0; x < bo.W; ++x) {
-            float v = src[y * br.Wp + x];
-            if (c.relu) v = v > 0.f ? v : 0.f;
-            dst[y * bo.Wp + x] = v;
-            acc += v;
-          }
-        sums[r] = static_cast<float>(acc);
+        const float acc = plane_copy(P.isa_, interior(c.res, static_cast<int>(j)), br.Wp, interior(c.out, pos),
+                                     bo.Wp, bo.H, bo.W, c.relu);
+        sums[r] = acc;
         ++j;
       }
     }
@@ -836,31 +834,32 @@ struct Executor {
     }
   }
 
+  void dispatch(const Op& op, float* path) {
+    switch (op.kind) {
+      case kConv: conv(op.index); break;
+      case kGate: gate(P.gates_[op.index], path); break;
+      case kMaxPool:
+      case kAvgPool: pool(P.pools_[op.index]); break;
+      case kLinear: linear(P.linears_[op.index]); break;
+      case kConcat: concat(P.concats_[op.index]); break;
+      case kAdd: add(P.adds_[op.index]); break;
+      case kAffine: affine(P.affines_[op.index]); break;
+      case kShortcut: shortcut(P.shortcuts_[op.index]); break;
+    }
+  }
+
   void run_sample(const float* x, float* out, float* path) {
     std::fill(ws.sums_valid.begin(), ws.sums_valid.end(), 0);
-    set_input(x);
     const bool prof = P.profiling_;
-    for (const Op& op : P.ops_) {
-      switch (op.kind) {
-        case kConv:
-          if (prof) {
-            const auto t0 = std::chrono::steady_clock::now();
-            conv(op.index);
-            const auto t1 = std::chrono::steady_clock::now();
-            std::lock_guard<std::mutex> lk(P.pool_mu_);
-            P.conv_ns_[op.index] += std::chrono::duration<double, std::nano>(t1 - t0).count();
-          } else {
-            conv(op.index);
-          }
-          break;
-        case kGate: gate(P.gates_[op.index], path); break;
-        case kMaxPool:
-        case kAvgPool: pool(P.pools_[op.index]); break;
-        case kLinear: linear(P.linears_[op.index]); break;
-        case kConcat: concat(P.concats_[op.index]); break;
-        case kAdd: add(P.adds_[op.index]); break;
-        case kAffine: affine(P.affines_[op.index]); break;
-        case kShortcut: shortcut(P.shortcuts_[op.index]); break;
+    auto t_prev = std::chrono::steady_clock::now();
+    set_input(x);
+    for (size_t i = 0; i < P.ops_.size(); ++i) {
+      dispatch(P.ops_[i], path);
+      if (prof) {
+        const auto t = std::chrono::steady_clock::now();
+        std::lock_guard<std::mutex> lk(P.pool_mu_);
+        P.op_ns_[i] += std::chrono::duration<double, std::nano>(t - t_prev).count();
+        t_prev = t;
       }
     }
     output(out);

@@ -142,9 +142,11 @@ class Plan {
   int n_convs() const { return static_cast<int>(convs_.size()); }
   int conv_vw(int i) const { return convs_[i].vw; }
   const std::string& conv_name(int i) const { return convs_[i].name; }
-  // Per-conv wall time of the last profiled run (nanoseconds), accumulated when profiling is on.
+  // Wall time per op (nanoseconds, summed over calls) while profiling is on; op_names() labels
+  // them "conv:<module path>", "gate:<index>", "maxpool", ... in execution order.
   void set_profiling(bool on) const;
-  std::vector<double> conv_times_ns() const;
+  std::vector<double> op_times_ns() const;
+  const std::vector<std::string>& op_names() const { return op_names_; }
 
  private:
   friend struct Executor;
@@ -171,7 +173,8 @@ class Plan {
   mutable std::mutex pool_mu_;
   mutable std::vector<std::unique_ptr<Workspace>> pool_;
   mutable bool profiling_ = false;
-  mutable std::vector<double> conv_ns_;
+  mutable std::vector<double> op_ns_;
+  std::vector<std::string> op_names_;
 
   std::unique_ptr<Workspace> acquire() const;
   void release(std::unique_ptr<Workspace> ws) const;
