@@ -40,6 +40,7 @@ struct ConvCall {
   const float* bias = nullptr;              // indexed by real output channel
   bool relu = false;
   float* sums = nullptr;  // indexed by real output channel; nullptr: not needed
+  float* vsums = nullptr;  // scratch, 64-byte aligned, >= (computed channels) x 16 floats
   // Channel groups: group g covers computed channels [group_start[g], group_start[g]+group_size[g]).
   const int32_t* group_start = nullptr;
   const int32_t* group_size = nullptr;

@@ -17,9 +17,9 @@ namespace dyninfer {
 namespace DYNINFER_ISA_NS {
 
 template <class T, int M, int NV, int KH, int KW>
-static inline void micro(const ConvCall& c, const float* const* wrow, const int64_t* voff, float* acc_out) {
+__attribute__((always_inline)) static inline void micro(const ConvCall& c, const float* const* wrow,
+                                                      const int64_t* voff, typename T::V (&acc)[M][NV]) {
   using V = typename T::V;
-  V acc[M][NV];
   for (int m = 0; m < M; ++m)
     for (int j = 0; j < NV; ++j) acc[m][j] = T::zero();
   const int kh = KH > 0 ? KH : c.kh;
@@ -60,16 +60,16 @@ static inline void micro(const ConvCall& c, const float* const* wrow, const int6
       }
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int j = 0; j < NV; ++j) T::store(acc_out + (m * NV + j) * T::W, acc[m][j]);
 }
 
 template <class T, int M, int NV, int KH, int KW>
-static void tile(const ConvCall& c, int k0, int v0, float* acc) {
+static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
   const float* wrow[M];
   for (int m = 0; m < M; ++m) wrow[m] = c.w + static_cast<int64_t>(c.out_real[k0 + m]) * c.w_ostride;
+  typename T::V acc[M][NV];
   micro<T, M, NV, KH, KW>(c, wrow, c.in_off + v0, acc);
-  // Epilogue: bias, residual, ReLU, (masked) store, per-channel sums.
+  // Epilogue straight from the accumulator registers: bias, residual, ReLU, (masked) store, and
+  // the per-channel sums (kept as vectors across tiles; reduced once per conv).
   for (int m = 0; m < M; ++m) {
     const int k = k0 + m;
     const int o = c.out_real[k];
@@ -79,7 +79,7 @@ static void tile(const ConvCall& c, int k0, int v0, float* acc) {
     typename T::V s = T::zero();
     for (int j = 0; j < NV; ++j) {
       const int v = v0 + j;
-      typename T::V x = T::add(T::load(acc + (m * NV + j) * T::W), bias);
+      typename T::V x = T::add(acc[m][j], bias);
       const uint32_t lanes = c.lanes[v];
       const bool full = lanes == T::kFull;
       if (rp) x = T::add(x, full ? T::load(rp + c.res_off[v]) : T::load_m(rp + c.res_off[v], lanes));
@@ -92,31 +92,35 @@ static void tile(const ConvCall& c, int k0, int v0, float* acc) {
         s = T::add(s, T::keep_m(x, lanes));
       }
     }
-    if (c.sums) c.sums[o] += T::hsum(s);
+    float* vs = vsums + k * T::W;
+    T::store(vs, T::add(T::load(vs), s));
   }
 }
 
 template <class T, int M, int KH, int KW, int NV = T::kNV>
-static void tile_nv(const ConvCall& c, int k0, int v0, int nv, float* acc) {
+static void tile_nv(const ConvCall& c, int k0, int v0, int nv, float* vsums) {
   if (nv == NV) {
-    tile<T, M, NV, KH, KW>(c, k0, v0, acc);
+    tile<T, M, NV, KH, KW>(c, k0, v0, vsums);
   } else if constexpr (NV > 1) {
-    tile_nv<T, M, KH, KW, NV - 1>(c, k0, v0, nv, acc);
+    tile_nv<T, M, KH, KW, NV - 1>(c, k0, v0, nv, vsums);
   }
 }
 
 template <class T, int KH, int KW, int M>
-static inline void tile_m(const ConvCall& c, int m, int k0, int v0, int nv, float* acc) {
+static inline void tile_m(const ConvCall& c, int m, int k0, int v0, int nv, float* vsums) {
   if (m == M) {
-    tile_nv<T, M, KH, KW>(c, k0, v0, nv, acc);
+    tile_nv<T, M, KH, KW>(c, k0, v0, nv, vsums);
   } else if constexpr (M > 1) {
-    tile_m<T, KH, KW, M - 1>(c, m, k0, v0, nv, acc);
+    tile_m<T, KH, KW, M - 1>(c, m, k0, v0, nv, vsums);
   }
 }
 
 template <class T, int KH, int KW>
 static void run_shape(const ConvCall& c) {
-  alignas(64) float acc[T::kMaxM * T::kNV * T::W];
+  // Vector partial sums of this call's channels: [computed channel][lane], 64-byte aligned.
+  float* vsums = c.vsums;
+  for (int g = c.g_begin; g < c.g_end; ++g)
+    for (int k = c.group_start[g]; k < c.group_start[g] + c.group_size[g]; ++k) T::store(vsums + k * T::W, T::zero());
   // Pixel tiles of near-equal size (5 vectors -> 3 + 2, not 4 + 1: a one-vector tile has too few
   // independent accumulators to hide the FMA latency).
   const int n_tiles = (c.n_vec + T::kNV - 1) / T::kNV;
@@ -125,9 +129,13 @@ static void run_shape(const ConvCall& c) {
   for (int t = 0; t < n_tiles; ++t) {
     const int nv = base + (t < extra ? 1 : 0);
     for (int g = c.g_begin; g < c.g_end; ++g)
-      tile_m<T, KH, KW, T::kMaxM>(c, c.group_size[g], c.group_start[g], v0, nv, acc);
+      tile_m<T, KH, KW, T::kMaxM>(c, c.group_size[g], c.group_start[g], v0, nv, vsums);
     v0 += nv;
   }
+  if (c.sums)
+    for (int g = c.g_begin; g < c.g_end; ++g)
+      for (int k = c.group_start[g]; k < c.group_start[g] + c.group_size[g]; ++k)
+        c.sums[c.out_real[k]] += T::hsum(T::load(vsums + k * T::W));
 }
 
 template <class T>

@@ -57,6 +57,8 @@ struct Workspace {
   std::vector<char> sums_valid;
   std::vector<std::vector<int32_t>> kept;
   FloatArray col_raw;
+  FloatArray vsums_raw;
+  float* vsums = nullptr;
   float* col = nullptr;
   std::vector<int32_t> out_real, group_start, group_size, tmp;
   std::vector<float*> out_plane;
@@ -437,6 +439,8 @@ std::unique_ptr<Workspace> Plan::acquire() const {
   ws->col_raw = alloc_zeroed((col_floats_ > 0 ? col_floats_ : 16) + 512);
   ws->col = ws->col_raw.get() + 8 * 64 + 32;
   const int mc = max_channels_ + 8;
+  ws->vsums_raw = alloc_zeroed(static_cast<int64_t>(mc) * 16);
+  ws->vsums = ws->vsums_raw.get();
   ws->out_real.resize(mc);
   ws->group_start.resize(mc);
   ws->group_size.resize(mc);
@@ -603,6 +607,7 @@ struct Executor {
     call.bias = c.bias;
     call.relu = c.relu;
     call.sums = sums.data();
+    call.vsums = ws.vsums;
     call.group_start = ws.group_start.data();
     call.group_size = ws.group_size.data();
     call.vw = c.vw;

@@ -1,0 +1,262 @@
+"""Engine benchmark: dyninfer against dense CPU runtimes on ResNet-56 (CIFAR shape), one thread.
+
+    python benchmarks/bench_engine.py [--runs 300] [--out benchmarks/results/engine.json]
+
+Everything is measured in one process, side by side: each round times every runner once, in the
+same order, and medians are taken over rounds (so machine noise hits all runners alike). Batch 1,
+torch.set_num_threads(1), ONNX Runtime with 1 intra-op / 1 inter-op thread and all graph
+optimisations, OpenVINO (when installed) with 1 inference thread and the latency hint.
+
+Rows:
+  dense ResNet-56: PyTorch eager, ONNX Runtime, OpenVINO, dyninfer dense mode (gates open);
+  gated ResNet-56 (the shipped digits checkpoint, R = 0.5) on real digits test images;
+  a density sweep with every gated layer forced to keep 100/75/50/25% of its channels;
+  a single-core FMA peak probe and each conv layer's achieved GFLOP/s against it.
+MACs per sample come from dyninfer.flops.count_macs (fvcore conventions; effective MACs from the
+actual gate decisions, gates' own cost included).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import dyninfer
+from dyninfer import checkpoint
+from dyninfer._ext import fma_peak_gflops, isa
+from dyninfer.flops import count_macs
+from dyninfer.nn import gates
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET = ROOT / "dyninfer" / "assets" / "resnet56_digits_r05.safetensors"
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def median_p90(ts: list[float]) -> tuple[float, float]:
+    s = sorted(ts)
+    return statistics.median(s), s[min(len(s) - 1, int(0.9 * len(s)))]
+
+
+def side_by_side(runners: dict, inputs: list, runs: int, warmup: int = 30) -> dict[str, tuple[float, float]]:
+    """Time every runner once per round over ``runs`` rounds; inputs cycle per round."""
+    for name, fn in runners.items():
+        for i in range(warmup):
+            fn(inputs[i % len(inputs)])
+    times = {name: [] for name in runners}
+    for r in range(runs):
+        x = inputs[r % len(inputs)]
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - t0)
+    return {name: median_p90(ts) for name, ts in times.items()}
+
+
+def ort_runner(model: torch.nn.Module, x: torch.Tensor):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None, "onnxruntime not installed (pip install onnxruntime)"
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, x, buf, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    return (lambda t: sess.run(None, {"x": t.numpy()})[0]), f"onnxruntime {ort.__version__}"
+
+
+def openvino_runner(model: torch.nn.Module, x: torch.Tensor):
+    try:
+        import openvino as ov
+    except ImportError:
+        return None, "openvino not installed (pip install openvino)"
+    core = ov.Core()
+    compiled = core.compile_model(ov.convert_model(model, example_input=x), "CPU",
+                                  {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"})
+    req = compiled.create_infer_request()
+    return (lambda t: req.infer({0: t.numpy()})), f"openvino {ov.__version__}"
+
+
+def conv_layer_macs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """{conv path: (dense MACs, (O, I, kh, kw, Ho, Wo))} from one forward."""
+    out: dict[str, tuple[int, tuple[int, ...]]] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            def hook(mod, inp, o, name=name):
+                kh, kw = mod.kernel_size
+                shape = (mod.out_channels, mod.in_channels // mod.groups, kh, kw, o.shape[2], o.shape[3])
+                out[name] = (shape[0] * shape[1] * kh * kw * shape[4] * shape[5], shape)
+            hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=300, help="timed rounds (>= 200 recommended)")
+    ap.add_argument("--checkpoint", default=str(ASSET))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engine.json"))
+    ap.add_argument("--images", type=int, default=64, help="digits test images cycled through")
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    if not Path(args.checkpoint).exists():
+        print(f"checkpoint {args.checkpoint} not found: run benchmarks/train_resnet56_digits.py first", file=sys.stderr)
+        return 2
+    gated_model = checkpoint.load_model(args.checkpoint)
+    dense_model = dyninfer.create_model("resnet56", num_classes=gated_model.fc.out_features, gated=False).eval()
+    dense_model.load_state_dict({k: v for k, v in gated_model.state_dict().items() if "_gate" not in k})
+
+    from dyninfer.data import load_dataset
+    test = load_dataset("digits", split="test")
+    xs = [test[i][0].unsqueeze(0).contiguous() for i in range(min(args.images, len(test)))]
+    x0 = xs[0]
+
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cpus; 1 thread; engine isa: {isa()}; torch {torch.__version__}")
+    peak8 = max(fma_peak_gflops(100_000_000) if isa() != "avx512" else 0.0, 0.0)
+    peak = fma_peak_gflops(100_000_000)
+    peak_ymm = float(torch.ops.dyninfer.fma_peak(200_000_000, 8).item())
+    print(f"single-core FMA peak: {peak:.1f} GFLOP/s at the engine's widest vector ({isa()}); "
+          f"{peak_ymm:.1f} GFLOP/s with 8-wide (AVX2) vectors")
+    _ = peak8
+
+    engine_dense = dyninfer.compile(gated_model, gates="open")
+    engine_gated = dyninfer.compile(gated_model)
+    runners = {"pytorch eager": lambda t: dense_model(t)}
+    notes = {"pytorch eager": f"torch {torch.__version__}"}
+    for name, make in [("onnxruntime", ort_runner), ("openvino", openvino_runner)]:
+        fn, note = make(dense_model, x0)
+        notes[name] = note
+        if fn is not None:
+            runners[name] = fn
+        else:
+            print(f"{name}: skipped — {note}")
+    runners["dyninfer dense"] = engine_dense
+    runners["dyninfer gated"] = engine_gated
+    sweep = {}
+    for keep in (1.0, 0.75, 0.5, 0.25):
+        sweep[keep] = dyninfer.compile(gated_model, force_keep=keep)
+        runners[f"dyninfer keep {int(keep * 100)}%"] = sweep[keep]
+
+    with torch.no_grad():
+        timing = side_by_side(runners, xs, args.runs)
+
+    # MACs per sample (fvcore conventions)
+    batch = torch.cat(xs)
+    rep = count_macs(gated_model, batch)
+    dense_macs = count_macs(dense_model, x0).dense
+    eff_gated = rep.effective.double().mean().item()
+    sweep_macs = {}
+    for keep in sweep:
+        for g in gates(gated_model).values():
+            g.force_keep = keep
+        sweep_macs[keep] = count_macs(gated_model, batch).effective.double().mean().item()
+    for g in gates(gated_model).values():
+        g.force_keep = None
+    macs = {"pytorch eager": dense_macs, "onnxruntime": dense_macs, "openvino": dense_macs,
+            "dyninfer dense": dense_macs, "dyninfer gated": eff_gated}
+    for keep, m in sweep_macs.items():
+        macs[f"dyninfer keep {int(keep * 100)}%"] = m
+
+    dense_peers = [n for n in ("pytorch eager", "onnxruntime", "openvino") if n in timing]
+    fastest_peer = min(dense_peers, key=lambda n: timing[n][0])
+    rows = []
+    print(f"\n{'runner':<22} {'median ms':>10} {'p90 ms':>8} {'MACs/sample':>12} {'GFLOP/s':>8} {'% peak':>7} "
+          f"{'vs ' + fastest_peer:>16} {'speedup/MAC-red':>16}")
+    for name, (med, p90) in timing.items():
+        m = macs[name]
+        gflops = 2 * m / med / 1e9
+        speedup = timing[fastest_peer][0] / med
+        mac_red = dense_macs / m
+        row = {"runner": name, "median_ms": med * 1e3, "p90_ms": p90 * 1e3, "macs_per_sample": m,
+               "gflops": gflops, "fraction_of_peak": gflops / peak, "speedup_vs_fastest_dense_peer": speedup,
+               "mac_reduction": mac_red, "speedup_over_mac_reduction": speedup / mac_red, "note": notes.get(name, "")}
+        rows.append(row)
+        print(f"{name:<22} {med * 1e3:>10.3f} {p90 * 1e3:>8.3f} {m / 1e6:>11.2f}M {gflops:>8.1f} {100 * gflops / peak:>6.1f}% "
+              f"{speedup:>15.2f}x {speedup / mac_red:>16.2f}")
+
+    # Per-layer profile of the engine (dense mode): achieved GFLOP/s per conv against the peak.
+    layer_macs = conv_layer_macs(dense_model, x0)
+    prof = engine_dense.profile(x0, runs=max(50, args.runs // 2))
+    widths = dict(zip(engine_dense.conv_names, engine_dense.plan.conv_vector_widths()))
+    layers = []
+    for name, t in prof.items():
+        m, shape = layer_macs[name]
+        g = 2 * m / t / 1e9
+        layers.append({"conv": name, "shape_OIkhkwHoWo": shape, "us": t * 1e6, "gflops": g, "fraction_of_peak": g / peak,
+                       "vector_width": widths.get(name)})
+    print("\nper-conv (dyninfer dense mode), grouped by output size, 3x3 stride-1 convs:")
+    by_size: dict[int, list[float]] = {}
+    for l in layers:
+        o, i, kh, kw, ho, wo = l["shape_OIkhkwHoWo"]
+        if kh == 3 and layer_macs[l["conv"]][1] and i == o:
+            by_size.setdefault(ho, []).append(l["fraction_of_peak"])
+    for ho, fr in sorted(by_size.items(), reverse=True):
+        print(f"  {ho}x{ho}: {len(fr)} layers, median {100 * statistics.median(fr):.1f}% of peak, "
+              f"min {100 * min(fr):.1f}%, max {100 * max(fr):.1f}%")
+
+    ratio_dense = timing["dyninfer dense"][0] / timing["onnxruntime"][0] if "onnxruntime" in timing else None
+    g = next(r for r in rows if r["runner"] == "dyninfer gated")
+    bars = {
+        "dense_vs_onnxruntime_ratio": ratio_dense,
+        "dense_bar_met": ratio_dense is not None and ratio_dense <= 1.0,
+        "gated_speedup_vs_fastest_dense_peer": g["speedup_vs_fastest_dense_peer"],
+        "gated_mac_reduction": g["mac_reduction"],
+        "gated_bar_met": g["speedup_vs_fastest_dense_peer"] >= 0.9 * g["mac_reduction"],
+        "conv3x3_32x32_median_fraction_of_peak": statistics.median(by_size[32]) if 32 in by_size else None,
+        "conv3x3_16x16_median_fraction_of_peak": statistics.median(by_size[16]) if 16 in by_size else None,
+    }
+    bars["conv_bar_met"] = all(bars[k] is not None and bars[k] >= 0.65 for k in
+                               ("conv3x3_32x32_median_fraction_of_peak", "conv3x3_16x16_median_fraction_of_peak"))
+    print("\nbars:", json.dumps(bars, indent=2))
+    result = {
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": 1, "engine_isa": isa(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "peak_gflops": peak, "peak_gflops_8wide": peak_ymm, "runs": args.runs, "batch": 1,
+        "fastest_dense_peer": fastest_peer, "rows": rows, "layers": layers, "bars": bars,
+        "macs_convention": "fvcore (MACs per sample; BN 2/element in eval mode; gates included in effective)",
+        "checkpoint": str(Path(args.checkpoint).name),
+        "gated_test_accuracy": checkpoint.read_metadata(args.checkpoint).get("metrics", {}).get("test_acc"),
+        "command": "python benchmarks/bench_engine.py " + " ".join(sys.argv[1:]),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
