@@ -60,7 +60,7 @@ struct Workspace {
   FloatArray vsums_raw;
   float* vsums = nullptr;
   float* col = nullptr;
-  std::vector<int32_t> out_real, group_start, group_size, tmp;
+  std::vector<int32_t> out_real, group_start, group_size, tmp, tmp2;
   std::vector<float*> out_plane;
   std::vector<const float*> res_plane;
   std::vector<float> gvec, hidden, glog;
@@ -87,6 +87,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
     buf.W = static_cast<int>(next("W"));
     buf.B = static_cast<int>(next("B"));
     buf.slot = static_cast<int>(next("slot"));
+    buf.nonneg = next("nonneg") != 0;
     if (buf.C <= 0 || buf.H <= 0 || buf.W <= 0 || buf.B < 0 || buf.B > 64 || buf.slot < 0)
       throw PlanError("plan meta: buffer " + std::to_string(b) + " has invalid geometry");
     buf.Hp = buf.H + 2 * buf.B;
@@ -183,9 +184,12 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
           throw PlanError("conv '" + c.name + "': residual buffer shape differs from the output");
         if (c.gate >= static_cast<int>(gate_sizes_.size()) || (c.gate >= 0 && gate_sizes_[c.gate] != c.O))
           throw PlanError("conv '" + c.name + "': gate index/size mismatch");
-        if (c.in == c.out || c.res == c.out || buffers_[c.in].slot == bo.slot ||
-            (c.res >= 0 && buffers_[c.res].slot == bo.slot))
-          throw PlanError("conv '" + c.name + "': output shares memory with an input");
+        if (c.in == c.out || c.res == c.out || buffers_[c.in].slot == bo.slot)
+          throw PlanError("conv '" + c.name + "': output shares memory with its input");
+        // Output in the residual's memory (in place): identical geometry required.
+        c.inplace = c.res >= 0 && buffers_[c.res].slot == bo.slot;
+        if (c.inplace && (buffers_[c.res].B != bo.B || buffers_[c.res].plane != bo.plane))
+          throw PlanError("conv '" + c.name + "': in-place residual with a different plane geometry");
         c.w = weight(f[3], static_cast<int64_t>(c.O) * c.I * c.kh * c.kw, opi, "conv weight");
         c.bias = weight(f[4], c.O, opi, "conv bias");
         c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B && c.pw <= bi.B;
@@ -445,6 +449,7 @@ std::unique_ptr<Workspace> Plan::acquire() const {
   ws->group_start.resize(mc);
   ws->group_size.resize(mc);
   ws->tmp.resize(mc);
+  ws->tmp2.resize(mc);
   ws->out_plane.resize(mc);
   ws->res_plane.resize(mc);
   ws->gvec.resize(mc);
@@ -563,28 +568,86 @@ struct Executor {
     std::fill(sums.begin(), sums.end(), 0.f);
     int nk = 0;
     const std::vector<int32_t>* res_act = c.res >= 0 ? &ws.active[c.res] : nullptr;
-    size_t i = 0, j = 0;
     const size_t nr = res_act ? res_act->size() : 0;
-    while (i < kept.size() || j < nr) {
-      const int a = i < kept.size() ? kept[i] : INT32_MAX;
-      const int r = j < nr ? (*res_act)[j] : INT32_MAX;
-      const int pos = static_cast<int>(out_act.size());
-      if (a <= r) {
-        out_act.push_back(a);
-        ws.out_real[nk] = a;
-        ws.out_plane[nk] = plane(c.out, pos);
-        ws.res_plane[nk] = (a == r) ? plane(c.res, static_cast<int>(j)) : nullptr;
-        ++nk;
-        ++i;
-        if (a == r) ++j;
-      } else {
-        // Channel only in the residual: out = relu?(res).
-        out_act.push_back(r);
-        const Buffer& br = P.buffers_[c.res];
-        const float acc = plane_copy(P.isa_, interior(c.res, static_cast<int>(j)), br.Wp, interior(c.out, pos),
-                                     bo.Wp, bo.H, bo.W, c.relu);
-        sums[r] = acc;
-        ++j;
+    if (c.inplace) {
+      // The output lives in the residual's memory. Residual planes move (back to front) to their
+      // positions in the merged list; kept channels not in the residual get the freed positions.
+      auto& pos = ws.tmp2;
+      pos.resize(nr);
+      size_t i = 0, j = 0;
+      while (i < kept.size() || j < nr) {
+        const int a = i < kept.size() ? kept[i] : INT32_MAX;
+        const int r = j < nr ? (*res_act)[j] : INT32_MAX;
+        if (r <= a) pos[j++] = static_cast<int32_t>(out_act.size());
+        if (a <= r) ++i;
+        out_act.push_back(std::min(a, r));
+      }
+      const int64_t plane_floats = bo.plane;
+      for (size_t q = nr; q-- > 0;)
+        if (pos[q] != static_cast<int32_t>(q))
+          std::memcpy(plane(c.out, pos[q]), plane(c.out, static_cast<int>(q)), sizeof(float) * plane_floats);
+      const auto& rsums = ws.sums[c.res];
+      const bool rsums_ok = ws.sums_valid[c.res];
+      const bool rnonneg = P.buffers_[c.res].nonneg;
+      i = 0;
+      j = 0;
+      while (i < kept.size() || j < nr) {
+        const int a = i < kept.size() ? kept[i] : INT32_MAX;
+        const int r = j < nr ? (*res_act)[j] : INT32_MAX;
+        if (a <= r) {
+          ws.out_real[nk] = a;
+          ++nk;
+          ++i;
+          if (a == r) ++j;
+        } else {
+          float* d = interior(c.out, pos[j]);
+          if (c.relu && !rnonneg) {
+            sums[r] = plane_copy(P.isa_, d, bo.Wp, d, bo.Wp, bo.H, bo.W, true);
+          } else if (rsums_ok) {
+            sums[r] = rsums[r];
+          } else {
+            sums[r] = plane_copy(P.isa_, d, bo.Wp, d, bo.Wp, bo.H, bo.W, false);
+          }
+          ++j;
+        }
+      }
+      // Planes of the computed channels: walk the merged list once more.
+      {
+        size_t k = 0, jj = 0;
+        for (size_t p = 0; p < out_act.size(); ++p) {
+          const int ch = out_act[p];
+          const bool in_res = jj < nr && (*res_act)[jj] == ch;
+          const bool computed = k < static_cast<size_t>(nk) && ws.out_real[k] == ch;
+          if (computed) {
+            ws.out_plane[k] = plane(c.out, static_cast<int>(p));
+            ws.res_plane[k] = in_res ? plane(c.out, static_cast<int>(p)) : nullptr;
+            ++k;
+          }
+          if (in_res) ++jj;
+        }
+      }
+    } else {
+      size_t i = 0, j = 0;
+      while (i < kept.size() || j < nr) {
+        const int a = i < kept.size() ? kept[i] : INT32_MAX;
+        const int r = j < nr ? (*res_act)[j] : INT32_MAX;
+        const int pos = static_cast<int>(out_act.size());
+        if (a <= r) {
+          out_act.push_back(a);
+          ws.out_real[nk] = a;
+          ws.out_plane[nk] = plane(c.out, pos);
+          ws.res_plane[nk] = (a == r) ? plane(c.res, static_cast<int>(j)) : nullptr;
+          ++nk;
+          ++i;
+          if (a == r) ++j;
+        } else {
+          // Channel only in the residual: out = relu?(res).
+          out_act.push_back(r);
+          const Buffer& br = P.buffers_[c.res];
+          sums[r] = plane_copy(P.isa_, interior(c.res, static_cast<int>(j)), br.Wp, interior(c.out, pos), bo.Wp,
+                               bo.H, bo.W, c.relu);
+          ++j;
+        }
       }
     }
     ws.sums_valid[c.out] = 1;

@@ -51,6 +51,7 @@ struct Buffer {
   int Hp = 0, Wp = 0;
   int64_t plane = 0;  // floats between consecutive channel planes
   int slot = -1;
+  bool nonneg = false;  // values known >= 0 (ReLU outputs and what pools/shortcuts make of them)
 };
 
 struct ConvOp {
@@ -58,7 +59,8 @@ struct ConvOp {
   int O, I, kh, kw, sh, sw, ph, pw, dh, dw;
   bool relu;
   int gate;
-  bool direct;  // stride-1 path reading the padded input in place; else im2col
+  bool direct;   // stride-1 path reading the padded input in place; else im2col
+  bool inplace;  // output written into the residual's memory (the residual dies here)
   const float* w;
   const float* bias;
   // Output vectors: offsets into the input (direct) or column buffer (im2col), output plane,

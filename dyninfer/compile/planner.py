@@ -1,7 +1,7 @@
 """Graph -> plan: trace a (gated) model with torch.fx, fold BN, fuse epilogues, assign memory.
 
 The plan is what the C++ runtime (csrc/kernels/plan.cpp) executes: buffers (C, H, W, border,
-slot) and ops encoded as ``[kind, n_fields, fields...]``. Field order is defined once here and
+slot, non-negative) and ops encoded as ``[kind, n_fields, fields...]``. Field order is defined once here and
 once in plan.cpp (op_field_count); keep them in step.
 
 Fusion: a conv absorbs the chain ``conv -> [BatchNorm2d] -> [ReLU] -> [gate] -> [+ residual] ->
@@ -398,12 +398,42 @@ class _Builder:
 
     # -- memory ------------------------------------------------------------------------------------
     def assign_memory(self) -> None:
-        for b, pad in self.direct_pad.items():
-            self.buffers[b].border = pad
+        """Borders, in-place residual convs and memory slots.
+
+        A conv with a residual whose buffer dies at that conv writes its output into the
+        residual's own memory (the epilogue reads each residual vector just before storing the
+        sum there): no separate output buffer, and channels that only the residual carries need
+        no copy. Such chains share one slot and one border (the largest any member needs).
+        Slots are then reused by liveness among buffers of identical (H, W, border).
+        """
         last_use: dict[int, int] = {}
         for i, (_, _, inputs, _) in enumerate(self.ops):
             for b in inputs:
                 last_use[b] = i
+        parent = list(range(len(self.buffers)))
+
+        def root(b: int) -> int:
+            while parent[b] != b:
+                parent[b] = parent[parent[b]]
+                b = parent[b]
+            return b
+
+        self.inplace_out: set[int] = set()
+        for i, (kind, fields, _, out) in enumerate(self.ops):
+            if kind != CONV or fields[2] < 0:
+                continue
+            res = fields[2]
+            r, o = self.buffers[res], self.buffers[out]
+            if (last_use.get(res) == i and res not in (self.input, self.output) and fields[0] != res
+                    and (r.C, r.H, r.W) == (o.C, o.H, o.W)):
+                parent[root(out)] = root(res)
+                self.inplace_out.add(out)
+        border: dict[int, int] = {}
+        for b, pad in self.direct_pad.items():
+            border[root(b)] = max(border.get(root(b), 0), pad)
+        for b, info in enumerate(self.buffers):
+            info.border = border.get(root(b), 0)
+
         n_slots = 0
         free: dict[tuple[int, int, int], list[int]] = {}
 
@@ -418,13 +448,33 @@ class _Builder:
                 n_slots += 1
 
         alloc(self.input)
-        for i, (_, _, inputs, out) in enumerate(self.ops):
+        for i, (kind, fields, inputs, out) in enumerate(self.ops):
             if out is not None and self.buffers[out].slot < 0:
-                alloc(out)
+                if out in self.inplace_out:
+                    self.buffers[out].slot = self.buffers[fields[2]].slot
+                else:
+                    alloc(out)
             for b in set(inputs):
-                if last_use.get(b) == i and b != self.output:
+                if last_use.get(b) == i and b != self.output and not (out in self.inplace_out and b == fields[2]):
                     info = self.buffers[b]
                     free.setdefault((info.H, info.W, info.border), []).append(info.slot)
+
+    def nonneg(self) -> list[int]:
+        """1 for buffers whose values are known >= 0 (ReLU outputs and what pools, shortcuts and
+        concatenation make of them): an in-place residual conv then leaves channels only the
+        residual carries untouched instead of applying ReLU to them."""
+        flag = [0] * len(self.buffers)
+        for kind, fields, inputs, out in self.ops:
+            if out is None:
+                continue
+            if kind in (CONV, LINEAR, AFFINE, ADD):
+                relu = fields[{CONV: 15, LINEAR: 4, AFFINE: 4, ADD: 3}[kind]]
+                flag[out] = int(bool(relu))
+            elif kind in (MAXPOOL, AVGPOOL, SHORTCUT):
+                flag[out] = flag[inputs[0]]
+            elif kind == CONCAT:
+                flag[out] = int(all(flag[b] for b in inputs))
+        return flag
 
 
 def trace_for_engine(model: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModule:
@@ -453,8 +503,8 @@ def build_plan(model: nn.Module, input_shape: tuple[int, int, int], force_keep: 
     bld.input = next(b for n, (k, b) in bld.env.items() if n.op == "placeholder")
     bld.assign_memory()
     meta = [len(bld.buffers)]
-    for info in bld.buffers:
-        meta += [info.C, info.H, info.W, info.border, info.slot]
+    for info, nonneg in zip(bld.buffers, bld.nonneg()):
+        meta += [info.C, info.H, info.W, info.border, info.slot, nonneg]
     meta += [bld.input, bld.output, len(bld.gate_sizes)] + bld.gate_sizes
     ops: list[int] = []
     for kind, fields, _, _ in bld.ops:
