@@ -2,8 +2,9 @@
 
     python benchmarks/bench_engine.py [--runs 300] [--out benchmarks/results/engine.json]
 
-Everything is measured in one process, side by side: each round times every runner once, in the
-same order, and medians are taken over rounds (so machine noise hits all runners alike). Batch 1,
+Everything is measured in one process, side by side: runners take turns in short blocks of calls
+(one untimed call, then 10 timed ones) so machine noise hits all of them alike, and medians are
+taken over all timed calls. Batch 1,
 torch.set_num_threads(1), ONNX Runtime with 1 intra-op / 1 inter-op thread and all graph
 optimisations, OpenVINO (when installed) with 1 inference thread and the latency hint.
 
@@ -55,18 +56,25 @@ def median_p90(ts: list[float]) -> tuple[float, float]:
     return statistics.median(s), s[min(len(s) - 1, int(0.9 * len(s)))]
 
 
-def side_by_side(runners: dict, inputs: list, runs: int, warmup: int = 30) -> dict[str, tuple[float, float]]:
-    """Time every runner once per round over ``runs`` rounds; inputs cycle per round."""
+def side_by_side(runners: dict, inputs: list, runs: int, block: int = 10, warmup: int = 30) -> dict[str, tuple[float, float]]:
+    """Time the runners in rotation: each round gives every runner one untimed call (it re-warms
+    the caches the other runners evicted) and then ``block`` timed calls, so all runners see the
+    same machine conditions and each is measured in its steady state, as a service calling one
+    model repeatedly would run it. ``runs`` timed calls per runner in all; inputs cycle."""
     for name, fn in runners.items():
         for i in range(warmup):
             fn(inputs[i % len(inputs)])
     times = {name: [] for name in runners}
-    for r in range(runs):
-        x = inputs[r % len(inputs)]
+    k = 0
+    while len(next(iter(times.values()))) < runs:
         for name, fn in runners.items():
-            t0 = time.perf_counter()
-            fn(x)
-            times[name].append(time.perf_counter() - t0)
+            fn(inputs[k % len(inputs)])
+            for i in range(block):
+                x = inputs[(k + i) % len(inputs)]
+                t0 = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - t0)
+        k += block
     return {name: median_p90(ts) for name, ts in times.items()}
 
 
