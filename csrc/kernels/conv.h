@@ -46,6 +46,7 @@ struct ConvCall {
   const int32_t* group_size = nullptr;
   int g_begin = 0, g_end = 0;
   int vw = 8;  // pixels per output vector the offsets were built for (8: AVX2/portable, 16: AVX-512)
+  const uint32_t* kmask = nullptr;  // per kx: lanes whose tap stays inside the row (tight planes)
 };
 
 // Pixels per output vector for a conv whose output rows are `out_w` wide: 16 on AVX-512 CPUs
@@ -65,7 +66,7 @@ void conv_run(Isa isa, const ConvCall& call);
 struct Im2colCall {
   const float* in = nullptr;
   int64_t plane = 0;
-  int border = 0, hi = 0, wi = 0;
+  int border = 0, border_x = 0, hi = 0, wi = 0;
   int64_t wp = 0;
   int n_in = 0, kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, ho = 0, wo = 0;
   int64_t col_rows = 0;

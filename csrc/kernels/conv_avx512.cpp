@@ -15,6 +15,7 @@ struct T16 {
   static constexpr int W = 16;
   static constexpr int kMaxM = 8;
   static constexpr int kNV = 3;  // output vectors per register tile
+  static constexpr bool kMaskedTaps = true;
   static constexpr bool kInputsFirst = true;
   static void pin(V& v) { asm volatile("" : "+v"(v)); }
   static V zero() { return _mm512_setzero_ps(); }
@@ -49,6 +50,7 @@ struct T8 {
   static constexpr int W = 8;
   static constexpr int kMaxM = 6;
   static constexpr int kNV = 4;  // output vectors per register tile
+  static constexpr bool kMaskedTaps = false;
   static constexpr bool kInputsFirst = true;
   static void pin(V& v) { asm volatile("" : "+v"(v)); }
   static V zero() { return _mm256_setzero_ps(); }

@@ -16,6 +16,7 @@ struct S8 {
   static constexpr int kMaxM = 3;
   static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kInputsFirst = false;
+  static constexpr bool kMaskedTaps = false;  // tight planes are an AVX-512-only layout
   static void pin(V&) {}
   static V zero() { return set1(0.f); }
   static V set1(float x) {

@@ -86,26 +86,31 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
     buf.H = static_cast<int>(next("H"));
     buf.W = static_cast<int>(next("W"));
     buf.B = static_cast<int>(next("B"));
+    buf.Bx = static_cast<int>(next("Bx"));
     buf.slot = static_cast<int>(next("slot"));
     buf.nonneg = next("nonneg") != 0;
-    if (buf.C <= 0 || buf.H <= 0 || buf.W <= 0 || buf.B < 0 || buf.B > 64 || buf.slot < 0)
+    if (buf.C <= 0 || buf.H <= 0 || buf.W <= 0 || buf.B < 0 || buf.B > 64 || buf.Bx < 0 || buf.Bx > buf.B ||
+        buf.slot < 0)
       throw PlanError("plan meta: buffer " + std::to_string(b) + " has invalid geometry");
+    if (buf.Bx < buf.B && isa_ != Isa::kAvx512)
+      throw PlanError("plan meta: buffer " + std::to_string(b) + " uses tight (masked-tap) planes, which only the "
+                      "avx512 kernels read; this CPU runs " + std::string(isa_name(isa_)) + ": compile the model again here");
     buf.Hp = buf.H + 2 * buf.B;
-    buf.Wp = buf.W + 2 * buf.B;
+    buf.Wp = buf.W + 2 * buf.Bx;
     buf.plane = round_up(static_cast<int64_t>(buf.Hp) * buf.Wp, 16);
     n_slots = std::max(n_slots, buf.slot + 1);
     max_channels_ = std::max(max_channels_, buf.C);
     buffers_.push_back(buf);
   }
   slot_floats_.assign(n_slots, 0);
-  // Buffers sharing a slot must share (H, W, B) so that borders stay zero.
+  // Buffers sharing a slot must share (H, W, B, Bx) so that borders stay zero.
   std::vector<int> slot_owner(n_slots, -1);
   for (int b = 0; b < nb; ++b) {
     const Buffer& buf = buffers_[b];
     int& own = slot_owner[buf.slot];
     if (own >= 0) {
       const Buffer& o = buffers_[own];
-      if (o.H != buf.H || o.W != buf.W || o.B != buf.B)
+      if (o.H != buf.H || o.W != buf.W || o.B != buf.B || o.Bx != buf.Bx)
         throw PlanError("plan meta: buffers " + std::to_string(own) + " and " + std::to_string(b) +
                         " share slot " + std::to_string(buf.slot) + " with different geometry");
     } else {
@@ -188,11 +193,14 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
           throw PlanError("conv '" + c.name + "': output shares memory with its input");
         // Output in the residual's memory (in place): identical geometry required.
         c.inplace = c.res >= 0 && buffers_[c.res].slot == bo.slot;
-        if (c.inplace && (buffers_[c.res].B != bo.B || buffers_[c.res].plane != bo.plane))
+        if (c.inplace && (buffers_[c.res].B != bo.B || buffers_[c.res].Bx != bo.Bx || buffers_[c.res].plane != bo.plane))
           throw PlanError("conv '" + c.name + "': in-place residual with a different plane geometry");
         c.w = weight(f[3], static_cast<int64_t>(c.O) * c.I * c.kh * c.kw, opi, "conv weight");
         c.bias = weight(f[4], c.O, opi, "conv bias");
-        c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B && c.pw <= bi.B;
+        // Tight input planes (Bx < pw) are read directly with masked taps (flat mode below).
+        c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B &&
+                   (c.pw <= bi.Bx || (bi.Bx == 0 && c.pw <= 1 && c.kw <= 3 && 16 % bi.W == 0 && bi.W < 16 &&
+                                      bo.Bx == 0 && bo.W == bi.W));
         build_conv_vectors(c);
         ops_.push_back({kConv, static_cast<int>(convs_.size())});
         convs_.push_back(std::move(c));
@@ -344,17 +352,32 @@ void Plan::build_conv_vectors(ConvOp& c) {
   const int nvx_row = (wo + vw - 1) / vw;
   const double row_util = static_cast<double>(wo) / (nvx_row * vw) * vw / widest;
   const bool can_flat = isa_ == Isa::kAvx512 && c.direct && bo.Wp == bi.Wp && (!br || br->Wp == bi.Wp);
+  // Tight planes (no side border, W divides 16): a 16-lane vector covers whole rows, taps that
+  // would read across a row edge are masked to zero, and no lane is wasted.
+  const bool tight = c.direct && bi.Bx < c.pw;
+  if (tight && !can_flat) throw PlanError("conv '" + c.name + "': tight input planes need the flat avx512 path");
   const int64_t flat_len = static_cast<int64_t>(ho - 1) * bi.Wp + wo;
   const int64_t n_flat = (flat_len + 15) / 16;
   const double flat_util = static_cast<double>(ho) * wo / (n_flat * 16.0);
-  c.flat = can_flat && flat_util > row_util + 1e-9;
+  c.flat = tight || (can_flat && flat_util > row_util + 1e-9);
   if (c.flat) {
     vw = 16;
     c.vw = vw;
     c.col_rows = 0;
-    const int64_t in0 = static_cast<int64_t>(bi.B - c.ph) * bi.Wp + (bi.B - c.pw);
-    const int64_t out0 = static_cast<int64_t>(bo.B) * bo.Wp + bo.B;
-    const int64_t res0 = br ? static_cast<int64_t>(br->B) * br->Wp + br->B : 0;
+    const int64_t in0 = static_cast<int64_t>(bi.B - c.ph) * bi.Wp + (bi.Bx - c.pw);
+    const int64_t out0 = static_cast<int64_t>(bo.B) * bo.Wp + bo.Bx;
+    const int64_t res0 = br ? static_cast<int64_t>(br->B) * br->Wp + br->Bx : 0;
+    if (tight) {
+      // Lane i is pixel x = i % W of its row; tap kx reads x + kx - pw, zero outside [0, W).
+      for (int kx = 0; kx < c.kw; ++kx) {
+        uint32_t m = 0;
+        for (int i = 0; i < 16; ++i) {
+          const int x = i % wo + kx - c.pw;
+          if (x >= 0 && x < wo) m |= 1u << i;
+        }
+        c.kmask.push_back(m);
+      }
+    }
     for (int64_t v = 0; v < n_flat; ++v) {
       const int64_t q0 = v * 16;
       c.in_off.push_back(in0 + q0);
@@ -378,11 +401,11 @@ void Plan::build_conv_vectors(ConvOp& c) {
     for (int xb = 0; xb < nvx; ++xb) {
       const int x = xb * vw;
       if (c.direct)
-        c.in_off.push_back(static_cast<int64_t>(y + bi.B - c.ph) * bi.Wp + (bi.B - c.pw) + x);
+        c.in_off.push_back(static_cast<int64_t>(y + bi.B - c.ph) * bi.Wp + (bi.Bx - c.pw) + x);
       else
         c.in_off.push_back(y * wv + x);
-      c.out_off.push_back(static_cast<int64_t>(y + bo.B) * bo.Wp + bo.B + x);
-      if (br) c.res_off.push_back(static_cast<int64_t>(y + br->B) * br->Wp + br->B + x);
+      c.out_off.push_back(static_cast<int64_t>(y + bo.B) * bo.Wp + bo.Bx + x);
+      if (br) c.res_off.push_back(static_cast<int64_t>(y + br->B) * br->Wp + br->Bx + x);
       const int n = std::min(vw, wo - x);
       c.lanes.push_back(n >= 32 ? 0xFFFFFFFFu : (1u << n) - 1u);
     }
@@ -475,7 +498,7 @@ struct Executor {
   float* plane(int b, int pos) const { return ws.buf_data[b] + pos * P.buffers_[b].plane; }
   float* interior(int b, int pos) const {
     const Buffer& B = P.buffers_[b];
-    return plane(b, pos) + static_cast<int64_t>(B.B) * B.Wp + B.B;
+    return plane(b, pos) + static_cast<int64_t>(B.B) * B.Wp + B.Bx;
   }
 
   void channel_sums(int b) {
@@ -674,6 +697,7 @@ struct Executor {
     call.group_start = ws.group_start.data();
     call.group_size = ws.group_size.data();
     call.vw = c.vw;
+    call.kmask = c.kmask.empty() ? nullptr : c.kmask.data();
     if (c.direct) {
       call.in = ws.buf_data[c.in];
       call.cstride = bi.plane;
@@ -710,6 +734,7 @@ struct Executor {
     a.in = ws.buf_data[c.in];
     a.plane = bi.plane;
     a.border = bi.B;
+    a.border_x = bi.Bx;
     a.hi = bi.H;
     a.wi = bi.W;
     a.wp = bi.Wp;

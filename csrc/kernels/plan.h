@@ -48,6 +48,7 @@ struct WeightRef {
 
 struct Buffer {
   int C = 0, H = 0, W = 0, B = 0;
+  int Bx = 0;  // side border; < B for "tight" planes whose convs mask the row-edge taps (AVX-512)
   int Hp = 0, Wp = 0;
   int64_t plane = 0;  // floats between consecutive channel planes
   int slot = -1;
@@ -67,6 +68,7 @@ struct ConvOp {
   // residual plane; bit mask of the real pixels among each vector's lanes.
   std::vector<int64_t> in_off, out_off, res_off;
   std::vector<uint32_t> lanes;
+  std::vector<uint32_t> kmask;  // tight planes: lane mask of each kx tap (empty otherwise)
   bool flat = false;     // vectors run over the padded plane across rows (see build_conv_vectors)
   int vw = 8;            // pixels per output vector (see conv_vector_width)
   int64_t col_rows = 0;  // im2col: padded output row width (multiple of the vector width)
@@ -124,7 +126,7 @@ struct Workspace;
 
 class Plan {
  public:
-  // meta: [n_buffers, (C, H, W, B, slot) * n_buffers, input, output, n_gates, N_g * n_gates]
+  // meta: [n_buffers, (C, H, W, B, Bx, slot, nonneg) * n_buffers, input, output, n_gates, N_g * n_gates]
   // ops:  [kind, count, fields...] * n_ops; weights referenced by index into `weights`.
   Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, std::vector<WeightRef> weights,
        std::vector<std::string> names, Isa isa);
