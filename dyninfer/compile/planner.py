@@ -516,8 +516,15 @@ def trace_for_engine(model: nn.Module, input_shape: tuple[int, int, int]) -> fx.
     except Exception as exc:
         raise UnsupportedLayerError(f"dyninfer.compile: cannot trace {type(model).__name__} with torch.fx: {exc}") from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    # Shape propagation runs the model's own gate modules: keep what they expose from the user's
+    # last forward (z, logits, y_mean) untouched.
+    saved = [(g, g.z, g.logits, g.y_mean) for g in model.modules() if isinstance(g, ArchitectureControl)]
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    finally:
+        for g, z, logits, y_mean in saved:
+            g.z, g.logits, g.y_mean = z, logits, y_mean
     return gm
 
 
