@@ -77,8 +77,10 @@ void conv_im2col(Isa isa, const Im2colCall& a);
 // Vectorised helpers of the runtime, dispatched like the kernels.
 // dst = relu?(src) over an h x w plane (row strides src_wp / dst_wp); returns the sum stored.
 float plane_copy(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w, bool relu);
-// y[r] = relu?(b[r] + W[r] . x), W row-major rows x cols; b may be null.
-void gemv(Isa isa, const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu);
+// y[0:rows] = relu?(b + Σ_k x[k] · wt[k][0:rows]) for k in idx[0:nk] (k < nk if idx is null);
+// wt is the FC weight transposed (cols x rows); b may be null.
+void gemv(Isa isa, const float* wt, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows,
+          bool relu);
 void conv_im2col_portable(const Im2colCall& a);
 void conv_im2col_avx2(const Im2colCall& a);
 void conv_im2col_avx512(const Im2colCall& a);

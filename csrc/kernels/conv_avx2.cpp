@@ -52,7 +52,7 @@ void conv_run_avx2(const ConvCall& call) { avx2::run<avx2::T8>(call); }
 double fma_peak_avx2(int64_t iters) { return avx2::peak<avx2::T8>(iters); }
 void conv_im2col_avx2(const Im2colCall& a) { avx2::im2col(a); }
 float plane_copy_avx2(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return avx2::plane_copy<avx2::T8>(src, sw, dst, dw, h, w, relu); }
-void gemv_avx2(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) { avx2::gemv(w, x, b, y, rows, cols, relu); }
+void gemv_avx2(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { avx2::gemv<avx2::T8>(w, x, idx, nk, b, y, rows, relu); }
 
 }  // namespace dyninfer
 #else
@@ -61,9 +61,9 @@ namespace dyninfer {
 void conv_run_avx2(const ConvCall& call) { conv_run_portable(call); }
 void conv_im2col_avx2(const Im2colCall& a) { conv_im2col_portable(a); }
 float plane_copy_portable(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
-void gemv_portable(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu);
+void gemv_portable(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu);
 float plane_copy_avx2(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return plane_copy_portable(src, sw, dst, dw, h, w, relu); }
-void gemv_avx2(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) { gemv_portable(w, x, b, y, rows, cols, relu); }
+void gemv_avx2(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { gemv_portable(w, x, idx, nk, b, y, rows, relu); }
 double fma_peak_avx2(int64_t) { return 0.0; }
 }  // namespace dyninfer
 #endif

@@ -107,7 +107,7 @@ float plane_copy_avx512(const float* src, int64_t sw, float* dst, int64_t dw, in
   clean_upper_state();
   return r;
 }
-void gemv_avx512(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) { avx512::gemv(w, x, b, y, rows, cols, relu); clean_upper_state(); }
+void gemv_avx512(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { avx512::gemv<avx512::T16>(w, x, idx, nk, b, y, rows, relu); clean_upper_state(); }
 void conv_im2col_avx512(const Im2colCall& a) {
   avx512::im2col(a);
   clean_upper_state();
@@ -125,9 +125,9 @@ namespace dyninfer {
 void conv_run_avx512(const ConvCall& call) { conv_run_portable(call); }
 void conv_im2col_avx512(const Im2colCall& a) { conv_im2col_portable(a); }
 float plane_copy_portable(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
-void gemv_portable(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu);
+void gemv_portable(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu);
 float plane_copy_avx512(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return plane_copy_portable(src, sw, dst, dw, h, w, relu); }
-void gemv_avx512(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) { gemv_portable(w, x, b, y, rows, cols, relu); }
+void gemv_avx512(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { gemv_portable(w, x, idx, nk, b, y, rows, relu); }
 double fma_peak_avx512(int64_t) { return 0.0; }
 }  // namespace dyninfer
 #endif

@@ -49,9 +49,9 @@ void conv_im2col(Isa isa, const Im2colCall& a) {
 float plane_copy_portable(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
 float plane_copy_avx2(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
 float plane_copy_avx512(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
-void gemv_portable(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu);
-void gemv_avx2(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu);
-void gemv_avx512(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu);
+void gemv_portable(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu);
+void gemv_avx2(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu);
+void gemv_avx512(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu);
 
 float plane_copy(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w, bool relu) {
   switch (isa) {
@@ -61,11 +61,12 @@ float plane_copy(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t 
   }
 }
 
-void gemv(Isa isa, const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) {
+void gemv(Isa isa, const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows,
+          bool relu) {
   switch (isa) {
-    case Isa::kAvx512: gemv_avx512(w, x, b, y, rows, cols, relu); return;
-    case Isa::kAvx2: gemv_avx2(w, x, b, y, rows, cols, relu); return;
-    default: gemv_portable(w, x, b, y, rows, cols, relu); return;
+    case Isa::kAvx512: gemv_avx512(w, x, idx, nk, b, y, rows, relu); return;
+    case Isa::kAvx2: gemv_avx2(w, x, idx, nk, b, y, rows, relu); return;
+    default: gemv_portable(w, x, idx, nk, b, y, rows, relu); return;
   }
 }
 

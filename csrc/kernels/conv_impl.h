@@ -244,15 +244,22 @@ static float plane_copy(const float* src, int64_t src_wp, float* dst, int64_t ds
   return T::hsum(s);
 }
 
-// y[r] = relu?(b[r] + Σ_c W[r][c] x[c]) — the gates' two small FC layers.
-static void gemv(const float* w, const float* x, const float* b, float* y, int rows, int cols, bool relu) {
-  for (int r = 0; r < rows; ++r) {
-    const float* wr = w + static_cast<int64_t>(r) * cols;
-    float a = 0.f;
-#pragma omp simd reduction(+ : a)
-    for (int c = 0; c < cols; ++c) a += wr[c] * x[c];
-    a += b ? b[r] : 0.f;
-    y[r] = relu ? (a > 0.f ? a : 0.f) : a;
+// y[0:rows] = relu?(b + Σ_k x[k] · wt[k][0:rows]) over k in idx[0:nk] (all k < nk when idx is
+// null): the gates' two small FC layers with their weights stored transposed, so each input is
+// one vector axpy and channels a previous layer dropped are skipped.
+template <class T>
+static void gemv(const float* wt, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows,
+                 bool relu) {
+  for (int r0 = 0; r0 < rows; r0 += T::W) {
+    const int n = rows - r0 < T::W ? rows - r0 : T::W;
+    const uint32_t m = n == T::W ? T::kFull : static_cast<uint32_t>((1ull << n) - 1ull);
+    typename T::V acc = b ? T::load_m(b + r0, m) : T::zero();
+    for (int i = 0; i < nk; ++i) {
+      const int k = idx ? idx[i] : i;
+      acc = T::fma(T::set1(x[k]), T::load_m(wt + static_cast<int64_t>(k) * rows + r0, m), acc);
+    }
+    if (relu) acc = T::max(acc, T::zero());
+    T::store_m(y + r0, acc, m);
   }
 }
 

@@ -541,14 +541,13 @@ struct Executor {
       const float inv = 1.0f / static_cast<float>(B.H * B.W);
       const auto& act = ws.active[g.in];
       const auto& s = ws.sums[g.in];
-      // s = GAP of the gate input over all C channels (inactive ones are exactly zero).
+      // s = GAP of the gate input; channels the producer dropped are zero and skipped.
       float* sv = ws.gvec.data();
-      std::fill(sv, sv + g.C, 0.f);
       for (int c : act) sv[c] = s[c] * inv;
       float* h = ws.hidden.data();
-      gemv(P.isa_, g.w1, sv, g.b1, h, g.hidden, g.C, true);
+      gemv(P.isa_, g.w1, sv, act.data(), static_cast<int>(act.size()), g.b1, h, g.hidden, true);
       float* lg = ws.glog.data();
-      gemv(P.isa_, g.w2, h, g.b2, lg, g.N, g.hidden, false);
+      gemv(P.isa_, g.w2, h, nullptr, g.hidden, g.b2, lg, g.N, false);
       if (g.force_k >= 0) {
         auto& idx = ws.tmp;
         for (int n = 0; n < g.N; ++n) idx[n] = n;

@@ -77,7 +77,7 @@ struct ConvOp {
 
 struct GateOp {
   int in, gate, C, hidden, N, force_k;
-  const float *w1, *b1, *w2, *b2;
+  const float *w1, *b1, *w2, *b2;  // w1: fc1 weight transposed (C x hidden); w2: fc2's (hidden x N)
 };
 
 struct PoolOp {

@@ -211,8 +211,9 @@ class _Builder:
             gate_idx = self.gate_index[gnode.target]
             keep = self.force_keep if self.force_keep is not None else gmod.force_keep
             k = -1 if keep is None else int(round(keep * gmod.out_channels))
-            self.emit(GATE, [gin, gate_idx, self.weight(gmod.fc1.weight), self.weight(gmod.fc1.bias),
-                             self.weight(gmod.fc2.weight), self.weight(gmod.fc2.bias), gmod.in_channels,
+            # FC weights go transposed: the runtime does one vector axpy per (live) input.
+            self.emit(GATE, [gin, gate_idx, self.weight(gmod.fc1.weight.t()), self.weight(gmod.fc1.bias),
+                             self.weight(gmod.fc2.weight.t()), self.weight(gmod.fc2.bias), gmod.in_channels,
                              gmod.fc1.out_features, gmod.out_channels, k], [gin], None)
         res = self.act(ch["res"], ch["nodes"][-1]) if ch["res"] is not None else -1
         out = self.new_buffer(ch["end"])
