@@ -151,12 +151,10 @@ def main() -> int:
     x0 = xs[0]
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} cpus; 1 thread; engine isa: {isa()}; torch {torch.__version__}")
-    peak8 = max(fma_peak_gflops(100_000_000) if isa() != "avx512" else 0.0, 0.0)
     peak = fma_peak_gflops(100_000_000)
     peak_ymm = float(torch.ops.dyninfer.fma_peak(200_000_000, 8).item())
     print(f"single-core FMA peak: {peak:.1f} GFLOP/s at the engine's widest vector ({isa()}); "
           f"{peak_ymm:.1f} GFLOP/s with 8-wide (AVX2) vectors")
-    _ = peak8
 
     engine_dense = dyninfer.compile(gated_model, gates="open")
     engine_gated = dyninfer.compile(gated_model)
@@ -215,7 +213,9 @@ def main() -> int:
 
     # Per-layer profile of the engine (dense mode): achieved GFLOP/s per conv against the peak.
     layer_macs = conv_layer_macs(dense_model, x0)
-    prof = engine_dense.profile(x0, runs=max(50, args.runs // 2))
+    # Median over chunks of 20 profiled calls (each chunk gives a mean per conv).
+    chunks = [engine_dense.profile(x0, runs=20) for _ in range(max(10, args.runs // 20))]
+    prof = {name: statistics.median(c[name] for c in chunks) for name in chunks[0]}
     widths = dict(zip(engine_dense.conv_names, engine_dense.plan.conv_vector_widths()))
     layers = []
     for name, t in prof.items():
