@@ -16,6 +16,9 @@ struct T8 {
   static constexpr int kMaxM = 3;
   static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kInputsFirst = false;
+  static constexpr bool kHasDeinterleave = false;
+  static V even_lanes(const float*) { return zero(); }
+  static void even_lanes8(const float*, float*) {}
   static constexpr bool kMaskedTaps = false;  // tight planes are an AVX-512-only layout
   static void pin(V&) {}
   static V zero() { return _mm256_setzero_ps(); }
@@ -50,7 +53,7 @@ struct T8 {
 
 void conv_run_avx2(const ConvCall& call) { avx2::run<avx2::T8>(call); }
 double fma_peak_avx2(int64_t iters) { return avx2::peak<avx2::T8>(iters); }
-void conv_im2col_avx2(const Im2colCall& a) { avx2::im2col(a); }
+void conv_im2col_avx2(const Im2colCall& a) { avx2::im2col<avx2::T8>(a); }
 float plane_copy_avx2(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return avx2::plane_copy<avx2::T8>(src, sw, dst, dw, h, w, relu); }
 void gemv_avx2(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { avx2::gemv<avx2::T8>(w, x, idx, nk, b, y, rows, relu); }
 

@@ -16,6 +16,17 @@ struct T16 {
   static constexpr int kMaxM = 8;
   static constexpr int kNV = 3;  // output vectors per register tile
   static constexpr bool kMaskedTaps = true;
+  static constexpr bool kHasDeinterleave = true;
+  // p[0], p[2], ..., p[30]: the stride-2 samples of 32 consecutive floats.
+  static V even_lanes(const float* p) {
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(p), idx, _mm512_loadu_ps(p + 16));
+  }
+  // d[0:8] = p[0], p[2], ..., p[14].
+  static void even_lanes8(const float* p, float* d) {
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm256_storeu_ps(d, _mm512_castps512_ps256(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(p))));
+  }
   static constexpr bool kInputsFirst = true;
   static void pin(V& v) { asm volatile("" : "+v"(v)); }
   static V zero() { return _mm512_setzero_ps(); }
@@ -51,6 +62,9 @@ struct T8 {
   static constexpr int kMaxM = 6;
   static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kMaskedTaps = false;
+  static constexpr bool kHasDeinterleave = false;
+  static V even_lanes(const float*) { return zero(); }
+  static void even_lanes8(const float*, float*) {}
   static constexpr bool kInputsFirst = true;
   static void pin(V& v) { asm volatile("" : "+v"(v)); }
   static V zero() { return _mm256_setzero_ps(); }
@@ -109,7 +123,7 @@ float plane_copy_avx512(const float* src, int64_t sw, float* dst, int64_t dw, in
 }
 void gemv_avx512(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { avx512::gemv<avx512::T16>(w, x, idx, nk, b, y, rows, relu); clean_upper_state(); }
 void conv_im2col_avx512(const Im2colCall& a) {
-  avx512::im2col(a);
+  avx512::im2col<avx512::T16>(a);
   clean_upper_state();
 }
 double fma_peak_avx512(int64_t iters) {

@@ -184,6 +184,7 @@ static double peak(int64_t iters) {
 
 // Column buffer (see Im2colCall); compiled per ISA so the copies are VEX/EVEX-encoded and
 // vectorised like the kernels around them.
+template <class T>
 static void im2col(const Im2colCall& a) {
   const int64_t wv = a.col_rows;
   const bool inside = a.ph <= a.border && a.pw <= a.border_x;
@@ -199,7 +200,12 @@ static void im2col(const Im2colCall& a) {
           if (inside) {
             const float* __restrict s = src + iy * a.wp + x0;
             if (a.sw == 2) {
-              for (int x = 0; x < a.wo; ++x) d[x] = s[2 * x];
+              int x = 0;
+              if constexpr (T::kHasDeinterleave) {
+                for (; x + T::W <= a.wo; x += T::W) T::storeu(d + x, T::even_lanes(s + 2 * x));
+                for (; x + 8 <= a.wo; x += 8) T::even_lanes8(s + 2 * x, d + x);
+              }
+              for (; x < a.wo; ++x) d[x] = s[2 * x];
             } else {
               for (int x = 0; x < a.wo; ++x) d[x] = s[x * a.sw];
             }

@@ -16,6 +16,9 @@ struct S8 {
   static constexpr int kMaxM = 3;
   static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kInputsFirst = false;
+  static constexpr bool kHasDeinterleave = false;
+  static V even_lanes(const float*) { return zero(); }
+  static void even_lanes8(const float*, float*) {}
   static constexpr bool kMaskedTaps = false;  // tight planes are an AVX-512-only layout
   static void pin(V&) {}
   static V zero() { return set1(0.f); }
@@ -75,7 +78,7 @@ struct S8 {
 
 void conv_run_portable(const ConvCall& call) { portable::run<portable::S8>(call); }
 double fma_peak_portable(int64_t iters) { return portable::peak<portable::S8>(iters); }
-void conv_im2col_portable(const Im2colCall& a) { portable::im2col(a); }
+void conv_im2col_portable(const Im2colCall& a) { portable::im2col<portable::S8>(a); }
 float plane_copy_portable(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return portable::plane_copy<portable::S8>(src, sw, dst, dw, h, w, relu); }
 void gemv_portable(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { portable::gemv<portable::S8>(w, x, idx, nk, b, y, rows, relu); }
 
