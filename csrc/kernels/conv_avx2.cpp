@@ -19,6 +19,7 @@ struct T8 {
   static constexpr bool kHasDeinterleave = false;
   static V even_lanes(const float*) { return zero(); }
   static void even_lanes8(const float*, float*) {}
+  static V load_s2(const float*) { return zero(); }
   static constexpr bool kMaskedTaps = false;  // tight planes are an AVX-512-only layout
   static void pin(V&) {}
   static V zero() { return _mm256_setzero_ps(); }

@@ -22,6 +22,7 @@ struct T16 {
     const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     return _mm512_permutex2var_ps(_mm512_loadu_ps(p), idx, _mm512_loadu_ps(p + 16));
   }
+  static V load_s2(const float* p) { return even_lanes(p); }
   // d[0:8] = p[0], p[2], ..., p[14].
   static void even_lanes8(const float* p, float* d) {
     const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -62,9 +63,13 @@ struct T8 {
   static constexpr int kMaxM = 6;
   static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kMaskedTaps = false;
-  static constexpr bool kHasDeinterleave = false;
-  static V even_lanes(const float*) { return zero(); }
-  static void even_lanes8(const float*, float*) {}
+  static constexpr bool kHasDeinterleave = true;
+  static V load_s2(const float* p) {
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    return _mm256_permutex2var_ps(_mm256_loadu_ps(p), idx, _mm256_loadu_ps(p + 8));
+  }
+  static V even_lanes(const float* p) { return load_s2(p); }
+  static void even_lanes8(const float* p, float* d) { _mm256_storeu_ps(d, load_s2(p)); }
   static constexpr bool kInputsFirst = true;
   static void pin(V& v) { asm volatile("" : "+v"(v)); }
   static V zero() { return _mm256_setzero_ps(); }

@@ -201,6 +201,11 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B &&
                    (c.pw <= bi.Bx || (bi.Bx == 0 && c.pw <= 1 && c.kw <= 3 && 16 % bi.W == 0 && bi.W < 16 &&
                                       bo.Bx == 0 && bo.W == bi.W));
+        // Stride-2 convs read the padded planes in place too where the kernels can load
+        // stride-2 vectors (AVX-512: two loads + one permute), else through a column buffer.
+        c.stride2 = isa_ == Isa::kAvx512 && c.sh == 2 && c.sw == 2 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B &&
+                    c.pw <= bi.Bx;
+        if (c.stride2) c.direct = true;
         build_conv_vectors(c);
         ops_.push_back({kConv, static_cast<int>(convs_.size())});
         convs_.push_back(std::move(c));
@@ -351,10 +356,10 @@ void Plan::build_conv_vectors(ConvOp& c) {
   const int widest = isa_ == Isa::kAvx512 ? 16 : 8;
   const int nvx_row = (wo + vw - 1) / vw;
   const double row_util = static_cast<double>(wo) / (nvx_row * vw) * vw / widest;
-  const bool can_flat = isa_ == Isa::kAvx512 && c.direct && bo.Wp == bi.Wp && (!br || br->Wp == bi.Wp);
+  const bool can_flat = isa_ == Isa::kAvx512 && c.direct && !c.stride2 && bo.Wp == bi.Wp && (!br || br->Wp == bi.Wp);
   // Tight planes (no side border, W divides 16): a 16-lane vector covers whole rows, taps that
   // would read across a row edge are masked to zero, and no lane is wasted.
-  const bool tight = c.direct && bi.Bx < c.pw;
+  const bool tight = c.direct && !c.stride2 && bi.Bx < c.pw;
   if (tight && !can_flat) throw PlanError("conv '" + c.name + "': tight input planes need the flat avx512 path");
   const int64_t flat_len = static_cast<int64_t>(ho - 1) * bi.Wp + wo;
   const int64_t n_flat = (flat_len + 15) / 16;
@@ -400,7 +405,9 @@ void Plan::build_conv_vectors(ConvOp& c) {
   for (int y = 0; y < ho; ++y) {
     for (int xb = 0; xb < nvx; ++xb) {
       const int x = xb * vw;
-      if (c.direct)
+      if (c.stride2)
+        c.in_off.push_back(static_cast<int64_t>(2 * y + bi.B - c.ph) * bi.Wp + (bi.Bx - c.pw) + 2 * x);
+      else if (c.direct)
         c.in_off.push_back(static_cast<int64_t>(y + bi.B - c.ph) * bi.Wp + (bi.Bx - c.pw) + x);
       else
         c.in_off.push_back(y * wv + x);
@@ -697,6 +704,7 @@ struct Executor {
     call.group_size = ws.group_size.data();
     call.vw = c.vw;
     call.kmask = c.kmask.empty() ? nullptr : c.kmask.data();
+    call.stride2 = c.stride2;
     if (c.direct) {
       call.in = ws.buf_data[c.in];
       call.cstride = bi.plane;

@@ -62,6 +62,7 @@ struct ConvOp {
   int gate;
   bool direct;   // stride-1 path reading the padded input in place; else im2col
   bool inplace;  // output written into the residual's memory (the residual dies here)
+  bool stride2 = false;  // direct stride-2 path (vectors of every other input pixel)
   const float* w;
   const float* bias;
   // Output vectors: offsets into the input (direct) or column buffer (im2col), output plane,
