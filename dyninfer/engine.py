@@ -13,7 +13,7 @@ from torch import nn
 
 from ._ext import isa as engine_isa
 from ._ext import load_extension
-from .compile.planner import PlanSpec, build_plan
+from .compiler.planner import PlanSpec, build_plan
 from .errors import UnsupportedLayerError
 
 __all__ = ["CompiledModel", "compile", "UnsupportedLayerError"]

@@ -46,7 +46,6 @@ struct ConvCall {
   const int32_t* group_size = nullptr;
   int g_begin = 0, g_end = 0;
   int vw = 8;  // pixels per output vector the offsets were built for (8: AVX2/portable, 16: AVX-512)
-  const uint32_t* kmask = nullptr;  // per kx: lanes whose tap stays inside the row (tight planes)
   bool stride2 = false;  // input vectors are every other pixel from the tap position (T::load_s2)
 };
 

@@ -15,7 +15,6 @@ struct T16 {
   static constexpr int W = 16;
   static constexpr int kMaxM = 8;
   static constexpr int kNV = 3;  // output vectors per register tile
-  static constexpr bool kMaskedTaps = true;
   static constexpr bool kHasDeinterleave = true;
   // p[0], p[2], ..., p[30]: the stride-2 samples of 32 consecutive floats.
   static V even_lanes(const float* p) {
@@ -62,7 +61,6 @@ struct T8 {
   static constexpr int W = 8;
   static constexpr int kMaxM = 6;
   static constexpr int kNV = 4;  // output vectors per register tile
-  static constexpr bool kMaskedTaps = false;
   static constexpr bool kHasDeinterleave = true;
   static V load_s2(const float* p) {
     const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);

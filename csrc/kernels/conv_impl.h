@@ -16,7 +16,7 @@
 namespace dyninfer {
 namespace DYNINFER_ISA_NS {
 
-template <class T, int M, int NV, int KH, int KW, bool MASKED, bool S2 = false>
+template <class T, int M, int NV, int KH, int KW, bool S2>
 __attribute__((always_inline)) static inline void micro(const ConvCall& c, const float* const* wrow,
                                                       const int64_t* voff, typename T::V (&acc)[M][NV]) {
   using V = typename T::V;
@@ -29,10 +29,6 @@ __attribute__((always_inline)) static inline void micro(const ConvCall& c, const
   int64_t vo[NV];
   for (int j = 0; j < NV; ++j) vo[j] = voff[j];
   const float* in = c.in;
-  // Row-edge tap masks (tight planes), hoisted so they stay in mask registers.
-  uint32_t km[3] = {0, 0, 0};
-  if constexpr (MASKED)
-    for (int kx = 0; kx < 3 && kx < kw; ++kx) km[kx] = c.kmask[kx];
   for (int ci = 0; ci < c.n_in; ++ci) {
     const float* ic = in + ci * c.cstride;
     const int64_t wo = static_cast<int64_t>(c.in_real[ci]) * kk;
@@ -46,9 +42,7 @@ __attribute__((always_inline)) static inline void micro(const ConvCall& c, const
           // compiler does not fold it into every FMA as a {1toN} memory operand: that would be
           // M*NV loads per step instead of M + NV).
           V a[NV];
-          if constexpr (MASKED) {
-            for (int j = 0; j < NV; ++j) a[j] = T::load_m(row + vo[j] + kx, km[kx]);
-          } else if constexpr (S2) {
+          if constexpr (S2) {
             for (int j = 0; j < NV; ++j) a[j] = T::load_s2(row + vo[j] + kx);
           } else {
             for (int j = 0; j < NV; ++j) a[j] = T::load(row + vo[j] + kx);
@@ -63,7 +57,7 @@ __attribute__((always_inline)) static inline void micro(const ConvCall& c, const
           V b[M];
           for (int m = 0; m < M; ++m) b[m] = T::bcast(wp[m] + ky * kw + kx);
           for (int j = 0; j < NV; ++j) {
-            const V a = MASKED ? T::load_m(row + vo[j] + kx, km[kx]) : T::load(row + vo[j] + kx);
+            const V a = T::load(row + vo[j] + kx);
             for (int m = 0; m < M; ++m) acc[m][j] = T::fma(b[m], a, acc[m][j]);
           }
         }
@@ -72,12 +66,12 @@ __attribute__((always_inline)) static inline void micro(const ConvCall& c, const
   }
 }
 
-template <class T, int M, int NV, int KH, int KW, bool MASKED, bool S2>
+template <class T, int M, int NV, int KH, int KW, bool S2>
 static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
   const float* wrow[M];
   for (int m = 0; m < M; ++m) wrow[m] = c.w + static_cast<int64_t>(c.out_real[k0 + m]) * c.w_ostride;
   typename T::V acc[M][NV];
-  micro<T, M, NV, KH, KW, MASKED, S2>(c, wrow, c.in_off + v0, acc);
+  micro<T, M, NV, KH, KW, S2>(c, wrow, c.in_off + v0, acc);
   // Epilogue straight from the accumulator registers: bias, residual, ReLU, (masked) store, and
   // the per-channel sums (kept as vectors across tiles; reduced once per conv).
   for (int m = 0; m < M; ++m) {
@@ -107,25 +101,25 @@ static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
   }
 }
 
-template <class T, int M, int KH, int KW, bool MASKED, bool S2, int NV = T::kNV>
+template <class T, int M, int KH, int KW, bool S2, int NV = T::kNV>
 static void tile_nv(const ConvCall& c, int k0, int v0, int nv, float* vsums) {
   if (nv == NV) {
-    tile<T, M, NV, KH, KW, MASKED, S2>(c, k0, v0, vsums);
+    tile<T, M, NV, KH, KW, S2>(c, k0, v0, vsums);
   } else if constexpr (NV > 1) {
-    tile_nv<T, M, KH, KW, MASKED, S2, NV - 1>(c, k0, v0, nv, vsums);
+    tile_nv<T, M, KH, KW, S2, NV - 1>(c, k0, v0, nv, vsums);
   }
 }
 
-template <class T, int KH, int KW, bool MASKED, bool S2, int M>
+template <class T, int KH, int KW, bool S2, int M>
 static inline void tile_m(const ConvCall& c, int m, int k0, int v0, int nv, float* vsums) {
   if (m == M) {
-    tile_nv<T, M, KH, KW, MASKED, S2>(c, k0, v0, nv, vsums);
+    tile_nv<T, M, KH, KW, S2>(c, k0, v0, nv, vsums);
   } else if constexpr (M > 1) {
-    tile_m<T, KH, KW, MASKED, S2, M - 1>(c, m, k0, v0, nv, vsums);
+    tile_m<T, KH, KW, S2, M - 1>(c, m, k0, v0, nv, vsums);
   }
 }
 
-template <class T, int KH, int KW, bool MASKED = false, bool S2 = false>
+template <class T, int KH, int KW, bool S2 = false>
 static void run_shape(const ConvCall& c) {
   // Vector partial sums of this call's channels: [computed channel][lane], 64-byte aligned.
   float* vsums = c.vsums;
@@ -139,7 +133,7 @@ static void run_shape(const ConvCall& c) {
   for (int t = 0; t < n_tiles; ++t) {
     const int nv = base + (t < extra ? 1 : 0);
     for (int g = c.g_begin; g < c.g_end; ++g)
-      tile_m<T, KH, KW, MASKED, S2, T::kMaxM>(c, c.group_size[g], c.group_start[g], v0, nv, vsums);
+      tile_m<T, KH, KW, S2, T::kMaxM>(c, c.group_size[g], c.group_start[g], v0, nv, vsums);
     v0 += nv;
   }
   if (c.sums)
@@ -152,15 +146,8 @@ template <class T>
 static void run(const ConvCall& c) {
   if constexpr (T::kHasDeinterleave) {
     if (c.stride2) {
-      if (c.kh == 3 && c.kw == 3) run_shape<T, 3, 3, false, true>(c);
-      else if (c.kh == 1 && c.kw == 1) run_shape<T, 1, 1, false, true>(c);
-      else run_shape<T, 0, 0, false, true>(c);
-      return;
-    }
-  }
-  if constexpr (T::kMaskedTaps) {
-    if (c.kmask) {
       if (c.kh == 3 && c.kw == 3) run_shape<T, 3, 3, true>(c);
+      else if (c.kh == 1 && c.kw == 1) run_shape<T, 1, 1, true>(c);
       else run_shape<T, 0, 0, true>(c);
       return;
     }

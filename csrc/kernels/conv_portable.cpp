@@ -20,7 +20,6 @@ struct S8 {
   static V even_lanes(const float*) { return zero(); }
   static void even_lanes8(const float*, float*) {}
   static V load_s2(const float*) { return zero(); }
-  static constexpr bool kMaskedTaps = false;  // tight planes are an AVX-512-only layout
   static void pin(V&) {}
   static V zero() { return set1(0.f); }
   static V set1(float x) {

@@ -92,9 +92,6 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
     if (buf.C <= 0 || buf.H <= 0 || buf.W <= 0 || buf.B < 0 || buf.B > 64 || buf.Bx < 0 || buf.Bx > buf.B ||
         buf.slot < 0)
       throw PlanError("plan meta: buffer " + std::to_string(b) + " has invalid geometry");
-    if (buf.Bx < buf.B && isa_ != Isa::kAvx512)
-      throw PlanError("plan meta: buffer " + std::to_string(b) + " uses tight (masked-tap) planes, which only the "
-                      "avx512 kernels read; this CPU runs " + std::string(isa_name(isa_)) + ": compile the model again here");
     buf.Hp = buf.H + 2 * buf.B;
     buf.Wp = buf.W + 2 * buf.Bx;
     buf.plane = round_up(static_cast<int64_t>(buf.Hp) * buf.Wp, 16);
@@ -197,10 +194,8 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
           throw PlanError("conv '" + c.name + "': in-place residual with a different plane geometry");
         c.w = weight(f[3], static_cast<int64_t>(c.O) * c.I * c.kh * c.kw, opi, "conv weight");
         c.bias = weight(f[4], c.O, opi, "conv bias");
-        // Tight input planes (Bx < pw) are read directly with masked taps (flat mode below).
-        c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B &&
-                   (c.pw <= bi.Bx || (bi.Bx == 0 && c.pw <= 1 && c.kw <= 3 && 16 % bi.W == 0 && bi.W < 16 &&
-                                      bo.Bx == 0 && bo.W == bi.W));
+        // Stride-1 convs read the padded planes in place when the borders cover the padding.
+        c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B && c.pw <= bi.Bx;
         // Stride-2 convs read the padded planes in place too where the kernels can load
         // stride-2 vectors (AVX-512: two loads + one permute), else through a column buffer.
         c.stride2 = isa_ == Isa::kAvx512 && c.sh == 2 && c.sw == 2 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B &&
@@ -357,14 +352,10 @@ void Plan::build_conv_vectors(ConvOp& c) {
   const int nvx_row = (wo + vw - 1) / vw;
   const double row_util = static_cast<double>(wo) / (nvx_row * vw) * vw / widest;
   const bool can_flat = isa_ == Isa::kAvx512 && c.direct && !c.stride2 && bo.Wp == bi.Wp && (!br || br->Wp == bi.Wp);
-  // Tight planes (no side border, W divides 16): a 16-lane vector covers whole rows, taps that
-  // would read across a row edge are masked to zero, and no lane is wasted.
-  const bool tight = c.direct && !c.stride2 && bi.Bx < c.pw;
-  if (tight && !can_flat) throw PlanError("conv '" + c.name + "': tight input planes need the flat avx512 path");
   const int64_t flat_len = static_cast<int64_t>(ho - 1) * bi.Wp + wo;
   const int64_t n_flat = (flat_len + 15) / 16;
   const double flat_util = static_cast<double>(ho) * wo / (n_flat * 16.0);
-  c.flat = tight || (can_flat && flat_util > row_util + 1e-9);
+  c.flat = can_flat && flat_util > row_util + 1e-9;
   if (c.flat) {
     vw = 16;
     c.vw = vw;
@@ -372,17 +363,6 @@ void Plan::build_conv_vectors(ConvOp& c) {
     const int64_t in0 = static_cast<int64_t>(bi.B - c.ph) * bi.Wp + (bi.Bx - c.pw);
     const int64_t out0 = static_cast<int64_t>(bo.B) * bo.Wp + bo.Bx;
     const int64_t res0 = br ? static_cast<int64_t>(br->B) * br->Wp + br->Bx : 0;
-    if (tight) {
-      // Lane i is pixel x = i % W of its row; tap kx reads x + kx - pw, zero outside [0, W).
-      for (int kx = 0; kx < c.kw; ++kx) {
-        uint32_t m = 0;
-        for (int i = 0; i < 16; ++i) {
-          const int x = i % wo + kx - c.pw;
-          if (x >= 0 && x < wo) m |= 1u << i;
-        }
-        c.kmask.push_back(m);
-      }
-    }
     for (int64_t v = 0; v < n_flat; ++v) {
       const int64_t q0 = v * 16;
       c.in_off.push_back(in0 + q0);
@@ -703,7 +683,6 @@ struct Executor {
     call.group_start = ws.group_start.data();
     call.group_size = ws.group_size.data();
     call.vw = c.vw;
-    call.kmask = c.kmask.empty() ? nullptr : c.kmask.data();
     call.stride2 = c.stride2;
     if (c.direct) {
       call.in = ws.buf_data[c.in];

@@ -48,7 +48,7 @@ struct WeightRef {
 
 struct Buffer {
   int C = 0, H = 0, W = 0, B = 0;
-  int Bx = 0;  // side border; < B for "tight" planes whose convs mask the row-edge taps (AVX-512)
+  int Bx = 0;  // side border (<= B): convs whose padding it does not cover go through im2col
   int Hp = 0, Wp = 0;
   int64_t plane = 0;  // floats between consecutive channel planes
   int slot = -1;
@@ -69,7 +69,6 @@ struct ConvOp {
   // residual plane; bit mask of the real pixels among each vector's lanes.
   std::vector<int64_t> in_off, out_off, res_off;
   std::vector<uint32_t> lanes;
-  std::vector<uint32_t> kmask;  // tight planes: lane mask of each kx tap (empty otherwise)
   bool flat = false;     // vectors run over the padded plane across rows (see build_conv_vectors)
   int vw = 8;            // pixels per output vector (see conv_vector_width)
   int64_t col_rows = 0;  // im2col: padded output row width (multiple of the vector width)
