@@ -213,17 +213,24 @@ def main() -> int:
 
     # Per-layer profile of the engine (dense mode): achieved GFLOP/s per conv against the peak.
     layer_macs = conv_layer_macs(dense_model, x0)
-    # Median over chunks of 20 profiled calls (each chunk gives a mean per conv).
-    chunks = [engine_dense.profile(x0, runs=20) for _ in range(max(10, args.runs // 20))]
+    # Chunks of 20 profiled calls, each preceded by a short peak probe: a layer's fraction of
+    # peak is taken per chunk against the peak measured next to it, then the median over chunks.
+    chunks, peaks = [], []
+    for _ in range(max(10, args.runs // 20)):
+        peaks.append(fma_peak_gflops(10_000_000))
+        chunks.append(engine_dense.profile(x0, runs=20))
     prof = {name: statistics.median(c[name] for c in chunks) for name in chunks[0]}
+    frac = {name: statistics.median(2 * layer_macs[name][0] / c[name] / 1e9 / p for c, p in zip(chunks, peaks))
+            for name in chunks[0]}
     widths = dict(zip(engine_dense.conv_names, engine_dense.plan.conv_vector_widths()))
     layers = []
     for name, t in prof.items():
         m, shape = layer_macs[name]
         g = 2 * m / t / 1e9
-        layers.append({"conv": name, "shape_OIkhkwHoWo": shape, "us": t * 1e6, "gflops": g, "fraction_of_peak": g / peak,
-                       "vector_width": widths.get(name)})
-    print("\nper-conv (dyninfer dense mode), grouped by output size, 3x3 stride-1 convs:")
+        layers.append({"conv": name, "shape_OIkhkwHoWo": shape, "us": t * 1e6, "gflops": g,
+                       "fraction_of_peak": frac[name], "vector_width": widths.get(name)})
+    print(f"\nper-conv (dyninfer dense mode; peak probed next to each chunk: median {statistics.median(peaks):.1f} "
+          f"GFLOP/s), grouped by output size, 3x3 stride-1 convs:")
     by_size: dict[int, list[float]] = {}
     for l in layers:
         o, i, kh, kw, ho, wo = l["shape_OIkhkwHoWo"]
@@ -250,7 +257,7 @@ def main() -> int:
     result = {
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": 1, "engine_isa": isa(),
                     "python": platform.python_version(), "torch": torch.__version__},
-        "peak_gflops": peak, "peak_gflops_8wide": peak_ymm, "runs": args.runs, "batch": 1,
+        "peak_gflops": peak, "peak_gflops_8wide": peak_ymm, "peak_gflops_next_to_layers": statistics.median(peaks), "runs": args.runs, "batch": 1,
         "fastest_dense_peer": fastest_peer, "rows": rows, "layers": layers, "bars": bars,
         "macs_convention": "fvcore (MACs per sample; BN 2/element in eval mode; gates included in effective)",
         "checkpoint": str(Path(args.checkpoint).name),

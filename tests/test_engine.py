@@ -317,3 +317,12 @@ def test_plan_survives_pickle_round_trip(resnet_engine, tmp_path):
     loaded = torch.jit.load(path)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), resnet_engine(x).flatten(1))
+
+
+@pytest.mark.parametrize("w,k,pad", [(32, 3, 1), (40, 3, 1), (64, 1, 0), (37, 5, 2)])
+def test_wide_stride2_convs_match_torch(w, k, pad):
+    """Stride-2 convs on planes wide enough for full 16-lane vectors and their tails."""
+    torch.manual_seed(w)
+    keep = torch.rand(12) < 0.6
+    model = subset_model(3, 5, 12, k, 2, pad, torch.ones(5, dtype=torch.bool), keep, w)
+    check_against_torch(model, torch.randn(2, 3, 9, w))
