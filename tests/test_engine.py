@@ -326,3 +326,23 @@ def test_wide_stride2_convs_match_torch(w, k, pad):
     keep = torch.rand(12) < 0.6
     model = subset_model(3, 5, 12, k, 2, pad, torch.ones(5, dtype=torch.bool), keep, w)
     check_against_torch(model, torch.randn(2, 3, 9, w))
+
+
+def test_malformed_plans_raise_instead_of_crashing(resnet_engine):
+    spec = resnet_engine.spec
+    Plan = torch.classes.dyninfer.Plan
+    good = (list(spec.meta), list(spec.ops), list(spec.weights), list(spec.conv_names))
+    Plan(*good)  # the unmodified plan builds
+    bad_cases = [
+        (spec.meta[:5], spec.ops, spec.weights),                       # truncated meta
+        (spec.meta, spec.ops[:-3], spec.weights),                      # truncated ops
+        (spec.meta, [99, 0] + list(spec.ops), spec.weights),           # unknown op kind
+        (spec.meta, spec.ops, spec.weights[:-1]),                      # missing weight
+        (spec.meta, spec.ops, [w[:1] for w in spec.weights]),          # wrong weight sizes
+        (spec.meta, spec.ops, [w.double() for w in spec.weights]),     # wrong dtype
+        (spec.meta, list(spec.ops[:2]) + [10**6] + list(spec.ops[3:]), spec.weights),  # buffer out of range
+        ([spec.meta[0]] + [-1] * (len(spec.meta) - 1), spec.ops, spec.weights),         # negative geometry
+    ]
+    for meta, ops, weights in bad_cases:
+        with pytest.raises((ValueError, RuntimeError), match="dyninfer plan"):
+            Plan(list(meta), list(ops), list(weights), list(spec.conv_names))
