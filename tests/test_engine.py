@@ -243,6 +243,7 @@ def test_batch_equals_single_samples(resnet_engine):
     (torch.randn(1, 3, 32, 32, dtype=torch.float64), "float32"),
     (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
     (torch.full((1, 3, 32, 32), float("inf")), "NaN or Inf"),
+    (torch.empty(1, 3, 32, 32, device="meta"), "CPU tensor"),
 ])
 def test_bad_inputs_raise(resnet_engine, bad, err):
     with pytest.raises((ValueError, TypeError, RuntimeError), match=err):
