@@ -4,6 +4,8 @@
     dyninfer demo  [--out-dir runs/demo]    dense then gated ResNet-20 on digits, summary table,
                                             then the compiled engine: dense vs gated latency
     dyninfer compile CHECKPOINT [--check]   compile a checkpoint, verify it against PyTorch
+    dyninfer bench (--model NAME | --checkpoint PATH) [--batch-sizes 1 8] [--threads 1 2] [--runs N]
+                   [--out FILE] [--force-keep F] [--no-progress]   peers side by side (dyninfer.bench)
 
 Subcommands are registered in ``SUBCOMMANDS`` (name -> (help, add_arguments, run)); add
 ``compile``, ``bench``, ``analyze`` with ``register_subcommand`` next to the existing ones.
@@ -283,10 +285,53 @@ def _run_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="registered model name, random init (untrained: gates open unless "
+                     "--force-keep)")
+    src.add_argument("--checkpoint", help="a dyninfer checkpoint (.safetensors)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--threads", type=int, nargs="+", default=None, help="torch/peer threads per setting "
+                   "(default: 1 and all cores)")
+    p.add_argument("--runs", type=int, default=200, help="timed calls per runner and setting (>= 200 at batch 1)")
+    p.add_argument("--peers", nargs="+", default=None, help="subset of pytorch torchscript onnxruntime openvino "
+                   "dyninfer-dense dyninfer-gated (default: all)")
+    p.add_argument("--out", default=None, help="JSON file (default: runs/bench/<model>.json)")
+    p.add_argument("--force-keep", type=float, default=None, help="every gated layer keeps this fraction of "
+                   "its channels (highest gate logits)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import PEERS, run_bench
+
+    source = args.model or args.checkpoint
+    out = args.out or str(Path("runs") / "bench" / f"{Path(source).stem}.json")
+    # the exact command, rebuilt from the parsed flags (defaults spelled out)
+    cmd = ["dyninfer bench", f"--model {args.model}" if args.model else f"--checkpoint {args.checkpoint}",
+           "--batch-sizes " + " ".join(map(str, args.batch_sizes))]
+    if args.threads:
+        cmd.append("--threads " + " ".join(map(str, args.threads)))
+    cmd += [f"--runs {args.runs}", f"--out {out}"]
+    if args.peers:
+        cmd.append("--peers " + " ".join(args.peers))
+    if args.force_keep is not None:
+        cmd.append(f"--force-keep {args.force_keep}")
+    if not args.progress:
+        cmd.append("--no-progress")
+    run_bench(source, batch_sizes=args.batch_sizes, threads=args.threads, runs=args.runs,
+              peers=args.peers or PEERS, out=out, progress=args.progress, force_keep=args.force_keep,
+              command=" ".join(cmd))
+    print(f"wrote {out}")
+    return 0
+
+
 register_subcommand("train", "train a dense or gated model (torchrun-aware)", _add_train_arguments, _run_train)
 register_subcommand("compile", "compile a checkpoint with the C++ engine, check and time it", _add_compile_arguments,
                     _run_compile)
 register_subcommand("demo", "dense vs gated ResNet-20 on the embedded digits data", _add_demo_arguments, _run_demo)
+register_subcommand("bench", "time dyninfer against dense CPU runtimes side by side, write JSON", _add_bench_arguments,
+                    _run_bench)
 
 
 # ---------------------------------------------------------------------------------------------
