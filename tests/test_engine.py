@@ -347,3 +347,17 @@ def test_malformed_plans_raise_instead_of_crashing(resnet_engine):
     for meta, ops, weights in bad_cases:
         with pytest.raises((ValueError, RuntimeError), match="dyninfer plan"):
             Plan(list(meta), list(ops), list(weights), list(spec.conv_names))
+
+
+def test_forced_density_ties_break_like_pytorch():
+    """Untrained gates give every channel the same logit: both sides keep the lowest indices."""
+    model = dyninfer.create_model("resnet20").eval()
+    for g in dyninfer.gates(model).values():
+        g.force_keep = 0.5
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    engine = dyninfer.compile(model, force_keep=0.5)
+    out, path = engine(x, return_path=True)
+    assert torch.equal(path, dyninfer.calculation_path(model))
+    assert rel_err(out, ref) < 1e-4

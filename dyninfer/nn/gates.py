@@ -126,6 +126,8 @@ def topk_mask(g: Tensor, keep: float) -> Tensor:
     k = int(round(keep * n))
     z = torch.zeros_like(g)
     if k > 0:
-        idx = g.topk(k, dim=1).indices
+        # Stable sort: among equal logits the lower channel index wins, as in the C++ engine
+        # (torch.topk leaves the order of ties unspecified; untrained gates tie everywhere).
+        idx = torch.sort(g, dim=1, descending=True, stable=True).indices[:, :k]
         z.scatter_(1, idx, 1.0)
     return z
