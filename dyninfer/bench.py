@@ -20,6 +20,12 @@ MACs per sample follow dyninfer.flops.count_macs (fvcore conventions, eval mode)
 report the dense count, dyninfer-gated the mean effective count over exactly the timed inputs
 (``bench_inputs``), gates' own cost included. GFLOP/s = 2 · MACs · batch / median latency; the
 single-core FMA peak (dyninfer._ext.fma_peak_gflops) is probed in each setting of the same run.
+
+Density sweep (gated models): the engine compiled with force_keep F for each F in ``sweep``
+(default 1.0, 0.75, 0.5, 0.25) is timed in the same rotation as the peers; its points go to
+``density_sweep`` (not to ``rows``), with effective MACs counted by PyTorch under the same
+force_keep. ``profile``: engine per-op seconds (CompiledModel.profile_ops) in dense mode and
+gated, at the first (threads, batch) setting. dyninfer.bench_plots draws the figures.
 """
 from __future__ import annotations
 
@@ -37,7 +43,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["run_bench", "bench_inputs", "PEERS", "DENSE_PEERS", "ROW_FIELDS", "format_table"]
+__all__ = ["run_bench", "bench_inputs", "PEERS", "DENSE_PEERS", "ROW_FIELDS", "SWEEP_FIELDS", "DEFAULT_SWEEP",
+           "format_table"]
 
 PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino", "dyninfer-dense", "dyninfer-gated")
 DENSE_PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino")  # baselines for the speedups
@@ -45,6 +52,9 @@ DENSE_PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino")  # baselines
 ROW_FIELDS = ("threads", "batch", "peer", "status", "version", "median_ms", "p90_ms", "throughput_per_s",
               "macs_per_sample", "macs_kind", "gflops", "fraction_of_peak", "fraction_of_peak_per_core",
               "max_rel_diff", "speedup_vs", "mac_reduction", "speedup_over_mac_reduction")
+SWEEP_FIELDS = ("threads", "batch", "force_keep", "median_ms", "p90_ms", "throughput_per_s", "macs_per_sample",
+                "gflops", "fraction_of_peak")
+DEFAULT_SWEEP = (1.0, 0.75, 0.5, 0.25)
 MACS_CONVENTION = ("MACs per sample, dyninfer.flops.count_macs (fvcore conventions, eval mode: 1 per conv/linear "
                    "multiply-add, BN 2/element, adaptive pool 1/element; gated: effective from the gate decisions "
                    "on the timed inputs, gates' own cost included)")
@@ -250,16 +260,20 @@ def _rel_diff(out: Any, ref: torch.Tensor) -> float:
 def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), threads: Sequence[int] | None = None,
               runs: int = 200, peers: Sequence[str] = PEERS, out: str | os.PathLike | None = None,
               progress: bool = True, force_keep: float | None = None, block: int = 10, warmup: int = 10,
-              command: str | None = None) -> dict[str, Any]:
+              command: str | None = None, sweep: Sequence[float] | None = DEFAULT_SWEEP,
+              profile_runs: int = 50) -> dict[str, Any]:
     """Benchmark ``model`` (a registered name: random init; or a checkpoint path) with every peer
     at every (threads, batch) setting in this process. Returns the result dict (also written
     atomically to ``out`` as JSON when given) and prints one table per setting.
 
     threads: default (1, os.cpu_count()). runs: timed calls per runner and setting.
     force_keep: every gated layer keeps round(force_keep · N) channels (compile and MAC count).
+    sweep: force_keep values of the engine's density sweep (None or () for none; needs gates).
+    profile_runs: calls averaged by profile_ops for the per-op breakdown (0: no profile).
     """
     from tqdm import tqdm
 
+    from . import compile as engine_compile
     from ._ext import fma_peak_gflops, isa
     from .flops import count_macs
 
@@ -275,6 +289,12 @@ def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), thr
         raise ValueError(f"run_bench: unknown peers {unknown}; known peers: {', '.join(PEERS)}")
     if force_keep is not None and not 0.0 <= force_keep <= 1.0:
         raise ValueError(f"run_bench: force_keep must lie in [0, 1], got {force_keep}")
+    sweep = tuple(dict.fromkeys(float(f) for f in (sweep or ())))
+    bad = [f for f in sweep if not 0.0 < f <= 1.0]
+    if bad:
+        raise ValueError(f"run_bench: sweep values must lie in (0, 1], got {bad}")
+    if profile_runs < 0:
+        raise ValueError(f"run_bench: profile_runs must be >= 0, got {profile_runs}")
 
     dense, gated, desc = _load(model, force_keep)
     try:
@@ -289,11 +309,16 @@ def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), thr
         macs_dense = count_macs(dense, inputs[batch_sizes[0]][0]).dense
         macs_gated = {b: count_macs(gated, torch.cat(inputs[b])).effective.double().mean().item()
                       for b in batch_sizes} if gated is not None else {}
+        if gated is None:
+            sweep = ()
+        macs_sweep = {(f, b): _forced_macs(gated, f, torch.cat(inputs[b])) for f in sweep for b in batch_sizes}
 
     rounds = -(-runs // block)
     bar = tqdm(total=len(threads) * len(batch_sizes) * rounds, desc="bench", unit="round", disable=not progress)
     rows: list[dict[str, Any]] = []
     settings: list[dict[str, Any]] = []
+    sweep_rows: list[dict[str, Any]] = []
+    profile: dict[str, Any] | None = None
     cache: dict[str, Any] = {}
     try:
         for t in threads:
@@ -318,8 +343,22 @@ def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), thr
                             continue
                         runners[peer] = fn
                         status[peer] = "ok"
+                    for f in sweep:  # sweep engines share the rotation under their own keys
+                        key = f"sweep:{f}"
+                        if key not in cache:
+                            cache[key] = engine_compile(gated, force_keep=f)
+                        runners[key] = cache[key]
                     peak = fma_peak_gflops(50_000_000)
                     timing = _side_by_side(runners, xs, runs, block, warmup, lambda: bar.update(1))
+                    if profile is None and profile_runs and "dyninfer-dense" in cache:
+                        profile = {"threads": t, "batch": b, "runs": profile_runs, "unit": "seconds per call",
+                                   "ops": {p: cache[p].profile_ops(xs[0], profile_runs)
+                                           for p in ("dyninfer-dense", "dyninfer-gated") if p in cache}}
+                for f in sweep:
+                    med, p90 = timing.pop(f"sweep:{f}")
+                    m = macs_sweep[(f, b)]
+                    g = 2 * m * b / med / 1e9
+                    sweep_rows.append(dict(zip(SWEEP_FIELDS, (t, b, f, med * 1e3, p90 * 1e3, b / med, m, g, g / peak))))
                 settings.append({"threads": t, "batch": b, "peak_gflops_single_core": peak})
                 rows.extend(_rows(t, b, peers, status, version, diff, timing, macs_dense,
                                   macs_gated.get(b), peak))
@@ -339,7 +378,7 @@ def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), thr
         "machine": {"cpu": cpu_model(), "engine_isa": isa(), "cpus": os.cpu_count(), "threads": list(threads),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "onnxruntime": _version("onnxruntime"), "openvino": _version("openvino")},
-        "settings": settings, "rows": rows,
+        "settings": settings, "rows": rows, "density_sweep": sweep_rows, "profile": profile,
         "command": command or " ".join([Path(sys.executable).name] + sys.argv),
     }
     if out is not None:
@@ -349,6 +388,23 @@ def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), thr
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         os.replace(tmp, path)
     return result
+
+
+def _forced_macs(gated: nn.Module, keep: float, x: torch.Tensor) -> float:
+    """Mean effective MACs per sample of ``gated`` with every gate forced to keep ``keep`` of its
+    channels on ``x`` (B, C, H, W); the gates' own force_keep is restored afterwards."""
+    from .flops import count_macs
+    from .nn import gates
+
+    gs = list(gates(gated).values())
+    old = [g.force_keep for g in gs]
+    try:
+        for g in gs:
+            g.force_keep = keep
+        return count_macs(gated, x).effective.double().mean().item()
+    finally:
+        for g, o in zip(gs, old):
+            g.force_keep = o
 
 
 def _rows(t: int, b: int, peers: Sequence[str], status: dict, version: dict, diff: dict,

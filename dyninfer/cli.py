@@ -5,7 +5,8 @@
                                             then the compiled engine: dense vs gated latency
     dyninfer compile CHECKPOINT [--check]   compile a checkpoint, verify it against PyTorch
     dyninfer bench (--model NAME | --checkpoint PATH) [--batch-sizes 1 8] [--threads 1 2] [--runs N]
-                   [--out FILE] [--force-keep F] [--no-progress]   peers side by side (dyninfer.bench)
+                   [--out FILE] [--force-keep F] [--sweep 1 0.75 0.5 0.25] [--plots DIR] [--no-progress]
+                                            peers side by side (dyninfer.bench), figures (dyninfer.bench_plots)
 
 Subcommands are registered in ``SUBCOMMANDS`` (name -> (help, add_arguments, run)); add
 ``compile``, ``bench``, ``analyze`` with ``register_subcommand`` next to the existing ones.
@@ -299,11 +300,15 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="JSON file (default: runs/bench/<model>.json)")
     p.add_argument("--force-keep", type=float, default=None, help="every gated layer keeps this fraction of "
                    "its channels (highest gate logits)")
+    p.add_argument("--sweep", type=float, nargs="*", default=None, help="force_keep values of the engine's "
+                   "density sweep (default: 1 0.75 0.5 0.25; give none to skip it)")
+    p.add_argument("--plots", default=None, metavar="DIR", help="also write the PNG figures here "
+                   "(dyninfer.bench_plots)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from .bench import PEERS, run_bench
+    from .bench import DEFAULT_SWEEP, PEERS, run_bench
 
     source = args.model or args.checkpoint
     out = args.out or str(Path("runs") / "bench" / f"{Path(source).stem}.json")
@@ -317,12 +322,21 @@ def _run_bench(args: argparse.Namespace) -> int:
         cmd.append("--peers " + " ".join(args.peers))
     if args.force_keep is not None:
         cmd.append(f"--force-keep {args.force_keep}")
+    sweep = DEFAULT_SWEEP if args.sweep is None else tuple(args.sweep)
+    if args.sweep is not None:
+        cmd.append("--sweep " + " ".join(map(str, args.sweep)) if args.sweep else "--sweep")
+    if args.plots:
+        cmd.append(f"--plots {args.plots}")
     if not args.progress:
         cmd.append("--no-progress")
     run_bench(source, batch_sizes=args.batch_sizes, threads=args.threads, runs=args.runs,
               peers=args.peers or PEERS, out=out, progress=args.progress, force_keep=args.force_keep,
-              command=" ".join(cmd))
+              command=" ".join(cmd), sweep=sweep)
     print(f"wrote {out}")
+    if args.plots:
+        from .bench_plots import plot_bench
+        for path in plot_bench(out, args.plots):
+            print(f"wrote {path}")
     return 0
 
 

@@ -1,5 +1,5 @@
 """dyninfer bench: end to end on ResNet-20 (few runs), every field in every row, unavailable peers
-reported, MACs equal to dyninfer.flops. No timing asserts (DESIGN.md section 3)."""
+reported, MACs equal to dyninfer.flops, density sweep / profile in the JSON, figures written. No timing asserts (DESIGN.md section 3)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from dyninfer.bench import DENSE_PEERS, PEERS, ROW_FIELDS, bench_inputs, run_bench
+from dyninfer.bench import DEFAULT_SWEEP, DENSE_PEERS, PEERS, ROW_FIELDS, SWEEP_FIELDS, bench_inputs, run_bench
+from dyninfer.bench_plots import linear_fit, plot_bench
 from dyninfer.cli import main
 from dyninfer.flops import count_macs
 from dyninfer.models import create_model
@@ -108,3 +109,50 @@ def test_bad_arguments_name_the_value():
         run_bench("resnet20", peers=("tensorrt",), progress=False)
     with pytest.raises(ValueError, match="force_keep"):
         run_bench("resnet20", force_keep=1.5, progress=False)
+    with pytest.raises(ValueError, match="sweep"):
+        run_bench("resnet20", sweep=(0.5, 0.0), progress=False)
+
+
+def test_density_sweep_and_profile_in_json(cli_result):
+    sweep = cli_result["density_sweep"]
+    assert [(s["batch"], s["force_keep"]) for s in sweep] == [(b, f) for b in (1, 2) for f in DEFAULT_SWEEP]
+    for s in sweep:
+        assert set(s) == set(SWEEP_FIELDS) and 0 < s["median_ms"] <= s["p90_ms"]
+    # fewer kept channels, fewer MACs (force_keep 1.0 still pays for the gates)
+    macs = [s["macs_per_sample"] for s in sweep if s["batch"] == 1]
+    assert macs == sorted(macs, reverse=True) and macs[0] > cli_result["macs_dense"]
+    prof = cli_result["profile"]
+    assert (prof["threads"], prof["batch"]) == (1, 1)
+    for mode in ("dyninfer-dense", "dyninfer-gated"):
+        ops = prof["ops"][mode]
+        assert sum(k.startswith("conv:") for k in ops) == 19 and all(v >= 0 for v in ops.values())
+
+
+def test_plots_are_written(cli_result, tmp_path):
+    paths = plot_bench(cli_result, tmp_path / "plots")
+    assert [p.name for p in paths] == ["resnet20_latency_vs_macs.png", "resnet20_speedup.png", "resnet20_profile.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_cli_plots_option(tmp_path):
+    out = tmp_path / "r.json"
+    rc = main(["bench", "--model", "resnet20", "--runs", "2", "--batch-sizes", "1", "--threads", "1", "--peers",
+               "pytorch", "dyninfer-dense", "dyninfer-gated", "--sweep", "0.5", "--out", str(out),
+               "--plots", str(tmp_path / "p"), "--no-progress"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert [s["force_keep"] for s in r["density_sweep"]] == [0.5] and "--sweep 0.5 --plots" in r["command"]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
+        "resnet20_latency_vs_macs.png", "resnet20_profile.png", "resnet20_speedup.png"]
+
+
+def test_linear_fit():
+    x = [1.0, 2.0, 5.0, 7.5, 40.0]
+    fit = linear_fit(x, [0.25 * v + 3.0 for v in x])
+    assert math.isclose(fit["slope"], 0.25) and math.isclose(fit["intercept"], 3.0, rel_tol=1e-9)
+    assert math.isclose(fit["r2"], 1.0, rel_tol=0, abs_tol=1e-12) and fit["n"] == 5
+    noisy = linear_fit(x, [1.0, 0.0, 2.0, -1.0, 3.0])
+    assert 0.0 <= noisy["r2"] < 1.0
+    with pytest.raises(ValueError, match="linear_fit"):
+        linear_fit([1.0], [2.0])
