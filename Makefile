@@ -18,8 +18,13 @@ demo: install
 test: install
 	$(PY) -m pytest -x -q tests
 
+# Regenerates every benchmark figure and plot in the README (about 5 minutes on 2 cores).
 bench: install
-	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_engine.py --runs 300
+	$(PY) -m dyninfer.cli bench --checkpoint dyninfer/assets/resnet56_digits_r05.safetensors \
+		--batch-sizes 1 8 --threads 1 2 --runs 200 --out benchmarks/results/bench_resnet56.json \
+		--plots benchmarks/results --no-progress
+	$(PY) benchmarks/scaling.py
 
 clean:
 	rm -rf build dyninfer/*.so *.egg-info
