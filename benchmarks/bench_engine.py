@@ -9,7 +9,8 @@ torch.set_num_threads(1), ONNX Runtime with 1 intra-op / 1 inter-op thread and a
 optimisations, OpenVINO (when installed) with 1 inference thread and the latency hint.
 
 Rows:
-  dense ResNet-56: PyTorch eager, ONNX Runtime, OpenVINO, dyninfer dense mode (gates open);
+  dense ResNet-56: PyTorch eager, ONNX Runtime, OpenVINO (f32 precision hint; also a row with
+  OpenVINO's default precision, bf16 on CPUs with AMX, for information), dyninfer dense mode;
   gated ResNet-56 (the shipped digits checkpoint, R = 0.5) on real digits test images;
   a density sweep with every gated layer forced to keep 100/75/50/25% of its channels;
   a single-core FMA peak probe and each conv layer's achieved GFLOP/s against it.
@@ -95,16 +96,21 @@ def ort_runner(model: torch.nn.Module, x: torch.Tensor):
     return (lambda t: sess.run(None, {"x": t.numpy()})[0]), f"onnxruntime {ort.__version__}"
 
 
-def openvino_runner(model: torch.nn.Module, x: torch.Tensor):
+def openvino_runner(model: torch.nn.Module, x: torch.Tensor, precision: str = "f32"):
+    """OpenVINO with 1 thread and the latency hint. precision "f32" matches every other row;
+    "default" leaves OpenVINO's own choice, which is bf16 on CPUs with AMX / AVX512-BF16."""
     try:
         import openvino as ov
     except ImportError:
         return None, "openvino not installed (pip install openvino)"
+    cfg = {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    if precision == "f32":
+        cfg["INFERENCE_PRECISION_HINT"] = "f32"
     core = ov.Core()
-    compiled = core.compile_model(ov.convert_model(model, example_input=x), "CPU",
-                                  {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"})
+    compiled = core.compile_model(ov.convert_model(model, example_input=x), "CPU", cfg)
     req = compiled.create_infer_request()
-    return (lambda t: req.infer({0: t.numpy()})), f"openvino {ov.__version__}"
+    used = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return (lambda t: req.infer({0: t.numpy()})), f"openvino {ov.__version__}, precision {used}"
 
 
 def conv_layer_macs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -160,7 +166,9 @@ def main() -> int:
     engine_gated = dyninfer.compile(gated_model)
     runners = {"pytorch eager": lambda t: dense_model(t)}
     notes = {"pytorch eager": f"torch {torch.__version__}"}
-    for name, make in [("onnxruntime", ort_runner), ("openvino", openvino_runner)]:
+    makers = [("onnxruntime", ort_runner), ("openvino", openvino_runner),
+              ("openvino default prec.", lambda m, x: openvino_runner(m, x, "default"))]
+    for name, make in makers:
         fn, note = make(dense_model, x0)
         notes[name] = note
         if fn is not None:
@@ -190,10 +198,13 @@ def main() -> int:
     for g in gates(gated_model).values():
         g.force_keep = None
     macs = {"pytorch eager": dense_macs, "onnxruntime": dense_macs, "openvino": dense_macs,
+            "openvino default prec.": dense_macs,
             "dyninfer dense": dense_macs, "dyninfer gated": eff_gated}
     for keep, m in sweep_macs.items():
         macs[f"dyninfer keep {int(keep * 100)}%"] = m
 
+    # FP32 peers only: OpenVINO's default precision (bf16 where the CPU has it) is reported for
+    # information but is not an equal-precision baseline.
     dense_peers = [n for n in ("pytorch eager", "onnxruntime", "openvino") if n in timing]
     fastest_peer = min(dense_peers, key=lambda n: timing[n][0])
     rows = []

@@ -8,7 +8,7 @@ For every (threads, batch) setting: torch.set_num_threads(t), then one runner pe
     pytorch         PyTorch eager, dense model
     torchscript     torch.jit.freeze(torch.jit.script(dense)) (torch.jit.trace if scripting fails)
     onnxruntime     ONNX Runtime, intra_op = t, inter_op = 1, ORT_ENABLE_ALL
-    openvino        OpenVINO, INFERENCE_NUM_THREADS = t, LATENCY hint
+    openvino        OpenVINO, INFERENCE_NUM_THREADS = t, LATENCY hint, f32 precision hint
     dyninfer-dense  dyninfer.compile(gated, gates="open"): the engine's kernels, every channel
     dyninfer-gated  dyninfer.compile(gated): per-sample gate decisions (force_keep if given)
 
@@ -186,7 +186,10 @@ def _openvino(dense: nn.Module, x: torch.Tensor, threads: int):
     import openvino as ov
 
     compiled = ov.Core().compile_model(ov.convert_model(dense, example_input=x), "CPU",
-                                       {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+                                       {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                        # FP32 like every other row: on CPUs with AMX / AVX512-BF16
+                                        # OpenVINO otherwise runs in bf16 by default.
+                                        "INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
 
     def run(t: torch.Tensor) -> torch.Tensor:
