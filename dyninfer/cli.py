@@ -361,8 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return SUBCOMMANDS[args.command][2](args)
+    """Run a subcommand. Errors about the user's input (a missing or corrupt checkpoint or data
+    set, an unsupported layer, a bad value) end with a one-line message and exit status 2 instead
+    of a traceback; anything else is a bug and keeps its traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .errors import ExtensionLoadError, UnsupportedLayerError
+    try:
+        return SUBCOMMANDS[args.command][2](args)
+    except (CheckpointError, DatasetError, UnsupportedLayerError, ExtensionLoadError, FileNotFoundError,
+            ValueError) as exc:
+        print(f"dyninfer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

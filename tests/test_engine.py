@@ -361,3 +361,13 @@ def test_forced_density_ties_break_like_pytorch():
     out, path = engine(x, return_path=True)
     assert torch.equal(path, dyninfer.calculation_path(model))
     assert rel_err(out, ref) < 1e-4
+
+
+def test_cli_compile_reports_bad_checkpoint(tmp_path, capsys):
+    from dyninfer.cli import main
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["compile", str(tmp_path / "missing.safetensors")]) == 2
+    assert main(["compile", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "missing.safetensors" in err and "broken.safetensors" in err
