@@ -15,7 +15,10 @@ Isa detect_isa() {
     if (std::strcmp(cap, "portable") == 0) limit = 0;
     else if (std::strcmp(cap, "avx2") == 0) limit = 1;
   }
-  if (limit >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) return Isa::kAvx512;
+  // The AVX-512 kernels also use VL (ymm with 32 registers, masked ymm) and DQ instructions.
+  if (limit >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
+    return Isa::kAvx512;
   if (limit >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
   return Isa::kPortable;
