@@ -20,14 +20,11 @@ actual gate decisions, gates' own cost included).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import statistics
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -35,6 +32,7 @@ import torch
 import dyninfer
 from dyninfer import checkpoint
 from dyninfer._ext import fma_peak_gflops, isa
+from dyninfer.bench import cpu_model, onnxruntime_runner, openvino_runner, side_by_side
 from dyninfer.flops import count_macs
 from dyninfer.nn import gates
 
@@ -42,75 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "dyninfer" / "assets" / "resnet56_digits_r05.safetensors"
 
 
-def cpu_model() -> str:
+def optional_peer(make, *args, **kwargs):
+    """(run, note) from a dyninfer.bench runner factory, or (None, why) when the runtime is absent."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def median_p90(ts: list[float]) -> tuple[float, float]:
-    s = sorted(ts)
-    return statistics.median(s), s[min(len(s) - 1, int(0.9 * len(s)))]
-
-
-def side_by_side(runners: dict, inputs: list, runs: int, block: int = 10, warmup: int = 30) -> dict[str, tuple[float, float]]:
-    """Time the runners in rotation: each round gives every runner one untimed call (it re-warms
-    the caches the other runners evicted) and then ``block`` timed calls, so all runners see the
-    same machine conditions and each is measured in its steady state, as a service calling one
-    model repeatedly would run it. ``runs`` timed calls per runner in all; inputs cycle."""
-    for name, fn in runners.items():
-        for i in range(warmup):
-            fn(inputs[i % len(inputs)])
-    times = {name: [] for name in runners}
-    k = 0
-    while len(next(iter(times.values()))) < runs:
-        for name, fn in runners.items():
-            fn(inputs[k % len(inputs)])
-            for i in range(block):
-                x = inputs[(k + i) % len(inputs)]
-                t0 = time.perf_counter()
-                fn(x)
-                times[name].append(time.perf_counter() - t0)
-        k += block
-    return {name: median_p90(ts) for name, ts in times.items()}
-
-
-def ort_runner(model: torch.nn.Module, x: torch.Tensor):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None, "onnxruntime not installed (pip install onnxruntime)"
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, x, buf, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-    return (lambda t: sess.run(None, {"x": t.numpy()})[0]), f"onnxruntime {ort.__version__}"
-
-
-def openvino_runner(model: torch.nn.Module, x: torch.Tensor, precision: str = "f32"):
-    """OpenVINO with 1 thread and the latency hint. precision "f32" matches every other row;
-    "default" leaves OpenVINO's own choice, which is bf16 on CPUs with AMX / AVX512-BF16."""
-    try:
-        import openvino as ov
-    except ImportError:
-        return None, "openvino not installed (pip install openvino)"
-    cfg = {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}
-    if precision == "f32":
-        cfg["INFERENCE_PRECISION_HINT"] = "f32"
-    core = ov.Core()
-    compiled = core.compile_model(ov.convert_model(model, example_input=x), "CPU", cfg)
-    req = compiled.create_infer_request()
-    used = compiled.get_property("INFERENCE_PRECISION_HINT")
-    return (lambda t: req.infer({0: t.numpy()})), f"openvino {ov.__version__}, precision {used}"
+        return make(*args, **kwargs)
+    except ImportError as exc:
+        return None, f"not installed ({exc})"
 
 
 def conv_layer_macs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -166,8 +101,9 @@ def main() -> int:
     engine_gated = dyninfer.compile(gated_model)
     runners = {"pytorch eager": lambda t: dense_model(t)}
     notes = {"pytorch eager": f"torch {torch.__version__}"}
-    makers = [("onnxruntime", ort_runner), ("openvino", openvino_runner),
-              ("openvino default prec.", lambda m, x: openvino_runner(m, x, "default"))]
+    makers = [("onnxruntime", lambda m, x: optional_peer(onnxruntime_runner, m, x, 1)),
+              ("openvino", lambda m, x: optional_peer(openvino_runner, m, x, 1)),
+              ("openvino default prec.", lambda m, x: optional_peer(openvino_runner, m, x, 1, "default"))]
     for name, make in makers:
         fn, note = make(dense_model, x0)
         notes[name] = note
@@ -183,7 +119,7 @@ def main() -> int:
         runners[f"dyninfer keep {int(keep * 100)}%"] = sweep[keep]
 
     with torch.no_grad():
-        timing = side_by_side(runners, xs, args.runs)
+        timing = side_by_side(runners, xs, args.runs, block=10, warmup=30)
 
     # MACs per sample (fvcore conventions)
     batch = torch.cat(xs)

@@ -34,7 +34,7 @@ import torch
 
 import dyninfer
 from dyninfer._ext import fma_peak_gflops, isa
-from dyninfer.bench import _forced_macs, _load, _onnxruntime, _side_by_side, bench_inputs, cpu_model
+from dyninfer.bench import bench_inputs, cpu_model, forced_macs, load_models, onnxruntime_runner, side_by_side
 from dyninfer.bench_plots import _pyplot, linear_fit
 from dyninfer.flops import count_macs
 
@@ -54,7 +54,7 @@ def _one_call(fn, x) -> float:
 
 
 def sweep_model(source: str, budget: float, log) -> dict:
-    dense, gated, desc = _load(source, None)
+    dense, gated, desc = load_models(source, None)
     name = desc["name"]
     xs = bench_inputs(name, 1)
     x_all = torch.cat(xs)
@@ -63,11 +63,11 @@ def sweep_model(source: str, budget: float, log) -> dict:
     with torch.no_grad():
         macs = {"onnxruntime": count_macs(dense, xs[0]).dense}
         macs["engine-dense"] = macs["onnxruntime"]
-        runners = {"onnxruntime": _onnxruntime(dense, xs[0], 1, {})[0],
+        runners = {"onnxruntime": onnxruntime_runner(dense, xs[0], 1, {})[0],
                    "engine-dense": dyninfer.compile(gated, gates="open")}
         for f in SWEEP:
             runners[f"engine-keep-{f:g}"] = dyninfer.compile(gated, force_keep=f)
-            macs[f"engine-keep-{f:g}"] = _forced_macs(gated, f, x_all)
+            macs[f"engine-keep-{f:g}"] = forced_macs(gated, f, x_all)
         if trained:
             runners["engine-learned"] = dyninfer.compile(gated)
             macs["engine-learned"] = count_macs(gated, x_all).effective.double().mean().item()
@@ -82,7 +82,7 @@ def sweep_model(source: str, budget: float, log) -> dict:
             macs["pytorch"] = macs["onnxruntime"]
         peak = fma_peak_gflops(50_000_000)
         t0 = time.perf_counter()
-        timing = _side_by_side(runners, xs, runs, block, warmup, lambda: None)
+        timing = side_by_side(runners, xs, runs, block, warmup)
         took = time.perf_counter() - t0
     points = []
     for key, (med, p90) in timing.items():
@@ -105,7 +105,7 @@ def sweep_model(source: str, budget: float, log) -> dict:
 
 
 def batch_scaling(log) -> dict:
-    dense, gated, desc = _load(str(ASSET), None)
+    dense, gated, desc = load_models(str(ASSET), None)
     inputs = {b: bench_inputs(desc["name"], b) for b in BATCHES}
     cache: dict = {}
     runners = {"engine-dense": dyninfer.compile(gated, gates="open"), "engine-gated": dyninfer.compile(gated)}
@@ -120,9 +120,9 @@ def batch_scaling(log) -> dict:
             torch.set_num_threads(t)
             for b in BATCHES:
                 with torch.no_grad():
-                    rs = dict(runners, onnxruntime=_onnxruntime(dense, inputs[b][0], t, cache)[0])
+                    rs = dict(runners, onnxruntime=onnxruntime_runner(dense, inputs[b][0], t, cache)[0])
                     runs = 60 if b <= 4 else 30
-                    timing = _side_by_side(rs, inputs[b], runs, 5, 3, lambda: None)
+                    timing = side_by_side(rs, inputs[b], runs, 5, 3)
                 for key, (med, p90) in timing.items():
                     m = macs_gated[b] if key == "engine-gated" else macs[key]
                     rows.append({"threads": t, "batch": b, "runner": key, "runs": runs, "median_ms": med * 1e3,

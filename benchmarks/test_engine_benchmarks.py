@@ -9,8 +9,6 @@ derived from the saved JSON. The gated ResNet-56 is the shipped digits checkpoin
 """
 from __future__ import annotations
 
-import io
-import warnings
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import torch
 
 import dyninfer
 from dyninfer import checkpoint
+from dyninfer.bench import onnxruntime_runner
 from dyninfer.data import load_dataset
 from dyninfer.flops import count_macs
 
@@ -66,20 +65,11 @@ def test_pytorch_eager_resnet56(benchmark, resnet56):
 
 
 def test_onnxruntime_resnet56(benchmark, resnet56):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     _, dense, x = resnet56
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(dense, x, buf, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-    xn = x.numpy()
+    run, _ = onnxruntime_runner(dense, x, 1)
     _info(benchmark, count_macs(dense, x).dense)
-    benchmark(lambda: sess.run(None, {"x": xn}))
+    benchmark(run, x)
 
 
 @pytest.mark.parametrize("keep", [1.0, 0.5, 0.25])

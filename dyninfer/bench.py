@@ -80,7 +80,7 @@ def _version(module: str) -> str | None:
         return None
 
 
-def _median_p90(ts: list[float]) -> tuple[float, float]:
+def median_p90(ts: list[float]) -> tuple[float, float]:
     s = sorted(ts)
     return statistics.median(s), s[min(len(s) - 1, int(0.9 * len(s)))]
 
@@ -89,7 +89,7 @@ def _median_p90(ts: list[float]) -> tuple[float, float]:
 # models and inputs
 
 
-def _load(model: str | os.PathLike, force_keep: float | None) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+def load_models(model: str | os.PathLike, force_keep: float | None) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     """(dense eval model, gated eval model or None, description) for a registered name or a checkpoint."""
     from . import checkpoint
     from .models import create_model, list_models
@@ -168,9 +168,12 @@ def _onnx_bytes(dense: nn.Module, x: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def _onnxruntime(dense: nn.Module, x: torch.Tensor, threads: int, cache: dict):
+def onnxruntime_runner(dense: nn.Module, x: torch.Tensor, threads: int, cache: dict | None = None):
+    """ONNX Runtime session (intra-op = threads, inter-op = 1, all graph optimisations) -> (run,
+    version). ``cache`` keeps the ONNX export (dynamic batch) across settings."""
     import onnxruntime as ort
 
+    cache = {} if cache is None else cache
     if "onnx" not in cache:  # one export (dynamic batch) serves every setting
         cache["onnx"] = _onnx_bytes(dense, x)
 
@@ -182,19 +185,22 @@ def _onnxruntime(dense: nn.Module, x: torch.Tensor, threads: int, cache: dict):
     return (lambda t: torch.from_numpy(sess.run(None, {"x": t.numpy()})[0])), f"onnxruntime {ort.__version__}"
 
 
-def _openvino(dense: nn.Module, x: torch.Tensor, threads: int):
+def openvino_runner(dense: nn.Module, x: torch.Tensor, threads: int, precision: str = "f32"):
+    """OpenVINO (INFERENCE_NUM_THREADS = threads, latency hint) -> (run, version). precision "f32"
+    matches every other row; "default" leaves OpenVINO's own choice, which is bf16 on CPUs with
+    AMX / AVX512-BF16."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(ov.convert_model(dense, example_input=x), "CPU",
-                                       {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                        # FP32 like every other row: on CPUs with AMX / AVX512-BF16
-                                        # OpenVINO otherwise runs in bf16 by default.
-                                        "INFERENCE_PRECISION_HINT": "f32"})
+    cfg = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision == "f32":
+        cfg["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = ov.Core().compile_model(ov.convert_model(dense, example_input=x), "CPU", cfg)
     req = compiled.create_infer_request()
+    used = compiled.get_property("INFERENCE_PRECISION_HINT")
 
     def run(t: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(next(iter(req.infer({0: t.numpy()}).values())).copy())
-    return run, f"openvino {ov.__version__}"
+    return run, f"openvino {ov.__version__}, precision {used}"
 
 
 def _build(peer: str, dense: nn.Module, gated: nn.Module | None, x: torch.Tensor, threads: int,
@@ -208,9 +214,9 @@ def _build(peer: str, dense: nn.Module, gated: nn.Module | None, x: torch.Tensor
             cache["torchscript"] = _torchscript(dense, x, threads)
         return cache["torchscript"]
     if peer == "onnxruntime":
-        return _onnxruntime(dense, x, threads, cache)
+        return onnxruntime_runner(dense, x, threads, cache)
     if peer == "openvino":
-        return _openvino(dense, x, threads)
+        return openvino_runner(dense, x, threads)
     if peer == "dyninfer-dense":
         if peer not in cache:
             cache[peer] = engine_compile(gated if gated is not None else dense, gates="open")
@@ -229,8 +235,8 @@ def _build(peer: str, dense: nn.Module, gated: nn.Module | None, x: torch.Tensor
 # timing
 
 
-def _side_by_side(runners: dict[str, Runner], inputs: list[torch.Tensor], runs: int, block: int,
-                  warmup: int, tick: Callable[[], None]) -> dict[str, tuple[float, float]]:
+def side_by_side(runners: dict[str, Runner], inputs: list[torch.Tensor], runs: int, block: int = 10,
+                 warmup: int = 10, tick: Callable[[], None] | None = None) -> dict[str, tuple[float, float]]:
     """Runners take turns: each round gives every runner one untimed call (re-warms the caches the
     others evicted) then ``block`` timed calls; ``runs`` timed calls per runner; inputs cycle."""
     for fn in runners.values():
@@ -248,8 +254,9 @@ def _side_by_side(runners: dict[str, Runner], inputs: list[torch.Tensor], runs: 
                 fn(x)
                 times[name].append(time.perf_counter() - t0)
         k += n
-        tick()
-    return {name: _median_p90(ts) for name, ts in times.items()}
+        if tick is not None:
+            tick()
+    return {name: median_p90(ts) for name, ts in times.items()}
 
 
 def _rel_diff(out: Any, ref: torch.Tensor) -> float:
@@ -299,7 +306,7 @@ def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), thr
     if profile_runs < 0:
         raise ValueError(f"run_bench: profile_runs must be >= 0, got {profile_runs}")
 
-    dense, gated, desc = _load(model, force_keep)
+    dense, gated, desc = load_models(model, force_keep)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set (or parallel work already ran) in this process
@@ -314,7 +321,7 @@ def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), thr
                       for b in batch_sizes} if gated is not None else {}
         if gated is None:
             sweep = ()
-        macs_sweep = {(f, b): _forced_macs(gated, f, torch.cat(inputs[b])) for f in sweep for b in batch_sizes}
+        macs_sweep = {(f, b): forced_macs(gated, f, torch.cat(inputs[b])) for f in sweep for b in batch_sizes}
 
     rounds = -(-runs // block)
     bar = tqdm(total=len(threads) * len(batch_sizes) * rounds, desc="bench", unit="round", disable=not progress)
@@ -352,7 +359,7 @@ def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), thr
                             cache[key] = engine_compile(gated, force_keep=f)
                         runners[key] = cache[key]
                     peak = fma_peak_gflops(50_000_000)
-                    timing = _side_by_side(runners, xs, runs, block, warmup, lambda: bar.update(1))
+                    timing = side_by_side(runners, xs, runs, block, warmup, lambda: bar.update(1))
                     if profile is None and profile_runs and "dyninfer-dense" in cache:
                         profile = {"threads": t, "batch": b, "runs": profile_runs, "unit": "seconds per call",
                                    "ops": {p: cache[p].profile_ops(xs[0], profile_runs)
@@ -393,7 +400,7 @@ def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), thr
     return result
 
 
-def _forced_macs(gated: nn.Module, keep: float, x: torch.Tensor) -> float:
+def forced_macs(gated: nn.Module, keep: float, x: torch.Tensor) -> float:
     """Mean effective MACs per sample of ``gated`` with every gate forced to keep ``keep`` of its
     channels on ``x`` (B, C, H, W); the gates' own force_keep is restored afterwards."""
     from .flops import count_macs
