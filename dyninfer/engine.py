@@ -11,7 +11,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._ext import isa as engine_isa
 from ._ext import load_extension
 from .compiler.planner import PlanSpec, build_plan
 from .errors import UnsupportedLayerError
@@ -113,5 +112,5 @@ def compile(model: nn.Module, gates: str = "learned", input_shape: Sequence[int]
     if shape is None or len(shape) != 3:
         raise ValueError("dyninfer.compile: pass input_shape=(C, H, W) for models not created by "
                          f"dyninfer.models.create_model (got {input_shape})")
-    spec = build_plan(model, shape, force_keep=force_keep, isa=engine_isa())
+    spec = build_plan(model, shape, force_keep=force_keep)
     return CompiledModel(spec, gates)

@@ -66,7 +66,7 @@ void conv_run(Isa isa, const ConvCall& call);
 struct Im2colCall {
   const float* in = nullptr;
   int64_t plane = 0;
-  int border = 0, border_x = 0, hi = 0, wi = 0;
+  int border = 0, hi = 0, wi = 0;
   int64_t wp = 0;
   int n_in = 0, kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, ho = 0, wo = 0;
   int64_t col_rows = 0;
@@ -81,13 +81,19 @@ float plane_copy(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t 
 // wt is the FC weight transposed (cols x rows); b may be null.
 void gemv(Isa isa, const float* wt, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows,
           bool relu);
-void conv_im2col_portable(const Im2colCall& a);
-void conv_im2col_avx2(const Im2colCall& a);
-void conv_im2col_avx512(const Im2colCall& a);
 
-void conv_run_portable(const ConvCall& call);
-void conv_run_avx2(const ConvCall& call);
-void conv_run_avx512(const ConvCall& call);
+// The entry points one ISA's translation unit provides (conv_<isa>.cpp, all from conv_impl.h).
+struct KernelTable {
+  void (*conv)(const ConvCall&);
+  void (*im2col)(const Im2colCall&);
+  float (*plane_copy)(const float*, int64_t, float*, int64_t, int, int, bool);
+  void (*gemv)(const float*, const float*, const int32_t*, int, const float*, float*, int, bool);
+  double (*fma_peak)(int64_t);  // FLOPs executed by the peak probe
+};
+// nullptr where the ISA's kernels are not compiled in (non-x86 builds).
+const KernelTable* kernels_portable();
+const KernelTable* kernels_avx2();
+const KernelTable* kernels_avx512();
 
 // Single-core FMA peak probe: runs `iters` iterations of `chains` independent FMA chains of the
 // ISA's vector width; returns FLOPs executed (2 per lane per FMA).

@@ -51,22 +51,17 @@ struct T8 {
 
 }  // namespace avx2
 
-void conv_run_avx2(const ConvCall& call) { avx2::run<avx2::T8>(call); }
-double fma_peak_avx2(int64_t iters) { return avx2::peak<avx2::T8>(iters); }
-void conv_im2col_avx2(const Im2colCall& a) { avx2::im2col<avx2::T8>(a); }
-float plane_copy_avx2(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return avx2::plane_copy<avx2::T8>(src, sw, dst, dw, h, w, relu); }
-void gemv_avx2(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { avx2::gemv<avx2::T8>(w, x, idx, nk, b, y, rows, relu); }
+const KernelTable* kernels_avx2() {
+  using T = avx2::T8;
+  static const KernelTable table{&avx2::run<T>, &avx2::im2col<T>, &avx2::plane_copy<T>, &avx2::gemv<T>,
+                                 &avx2::peak<T>};
+  return &table;
+}
 
 }  // namespace dyninfer
 #else
 #include "conv.h"
 namespace dyninfer {
-void conv_run_avx2(const ConvCall& call) { conv_run_portable(call); }
-void conv_im2col_avx2(const Im2colCall& a) { conv_im2col_portable(a); }
-float plane_copy_portable(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
-void gemv_portable(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu);
-float plane_copy_avx2(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return plane_copy_portable(src, sw, dst, dw, h, w, relu); }
-void gemv_avx2(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { gemv_portable(w, x, idx, nk, b, y, rows, relu); }
-double fma_peak_avx2(int64_t) { return 0.0; }
+const KernelTable* kernels_avx2() { return nullptr; }
 }  // namespace dyninfer
 #endif

@@ -114,37 +114,41 @@ static inline void clean_upper_state() {
             "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "memory");
 }
 
-void conv_run_avx512(const ConvCall& call) {
+// Every entry point leaves the upper register state clean for the SSE glue code around it.
+static void conv_avx512(const ConvCall& call) {
   if (call.vw == 16) avx512::run<avx512::T16>(call);
   else avx512::run<avx512::T8>(call);
   clean_upper_state();
 }
-float plane_copy_avx512(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) {
+static void im2col_avx512(const Im2colCall& a) {
+  avx512::im2col<avx512::T16>(a);
+  clean_upper_state();
+}
+static float plane_copy_avx512(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) {
   const float r = avx512::plane_copy<avx512::T16>(src, sw, dst, dw, h, w, relu);
   clean_upper_state();
   return r;
 }
-void gemv_avx512(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { avx512::gemv<avx512::T16>(w, x, idx, nk, b, y, rows, relu); clean_upper_state(); }
-void conv_im2col_avx512(const Im2colCall& a) {
-  avx512::im2col<avx512::T16>(a);
+static void gemv_avx512(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y,
+                        int rows, bool relu) {
+  avx512::gemv<avx512::T16>(w, x, idx, nk, b, y, rows, relu);
   clean_upper_state();
 }
-double fma_peak_avx512(int64_t iters) {
+static double peak_avx512(int64_t iters) {
   const double f = avx512::peak<avx512::T16>(iters);
   clean_upper_state();
   return f;
+}
+
+const KernelTable* kernels_avx512() {
+  static const KernelTable table{&conv_avx512, &im2col_avx512, &plane_copy_avx512, &gemv_avx512, &peak_avx512};
+  return &table;
 }
 
 }  // namespace dyninfer
 #else
 #include "conv.h"
 namespace dyninfer {
-void conv_run_avx512(const ConvCall& call) { conv_run_portable(call); }
-void conv_im2col_avx512(const Im2colCall& a) { conv_im2col_portable(a); }
-float plane_copy_portable(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
-void gemv_portable(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu);
-float plane_copy_avx512(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return plane_copy_portable(src, sw, dst, dw, h, w, relu); }
-void gemv_avx512(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { gemv_portable(w, x, idx, nk, b, y, rows, relu); }
-double fma_peak_avx512(int64_t) { return 0.0; }
+const KernelTable* kernels_avx512() { return nullptr; }
 }  // namespace dyninfer
 #endif

@@ -3,10 +3,6 @@
 
 namespace dyninfer {
 
-double fma_peak_avx2(int64_t iters);
-double fma_peak_avx512(int64_t iters);
-double fma_peak_portable(int64_t iters);
-
 int conv_vector_width(Isa isa, int out_w) { return (isa == Isa::kAvx512 && out_w > 8) ? 16 : 8; }
 
 int conv_max_group(Isa isa, int vw) {
@@ -27,61 +23,34 @@ int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size) {
   return ng;
 }
 
-void conv_run(Isa isa, const ConvCall& call) {
-  if (isa == Isa::kAvx512) {
-    conv_run_avx512(call);  // zmm for 16-pixel vectors, ymm with 32 registers for 8
-    return;
-  }
-  switch (isa) {
-    case Isa::kAvx2: conv_run_avx2(call); return;
-    default: conv_run_portable(call); return;
-  }
+// The kernel table of an ISA; falls back to portable where that ISA is not compiled in.
+static const KernelTable& table(Isa isa) {
+  static const KernelTable* const avx512 = kernels_avx512();
+  static const KernelTable* const avx2 = kernels_avx2();
+  if (isa == Isa::kAvx512 && avx512) return *avx512;  // zmm for 16-pixel vectors, ymm x32 for 8
+  if (isa == Isa::kAvx2 && avx2) return *avx2;
+  return *kernels_portable();
 }
 
-void conv_im2col(Isa isa, const Im2colCall& a) {
-  switch (isa) {
-    case Isa::kAvx512: conv_im2col_avx512(a); return;
-    case Isa::kAvx2: conv_im2col_avx2(a); return;
-    default: conv_im2col_portable(a); return;
-  }
-}
+void conv_run(Isa isa, const ConvCall& call) { table(isa).conv(call); }
 
-float plane_copy_portable(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
-float plane_copy_avx2(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
-float plane_copy_avx512(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu);
-void gemv_portable(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu);
-void gemv_avx2(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu);
-void gemv_avx512(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu);
+void conv_im2col(Isa isa, const Im2colCall& a) { table(isa).im2col(a); }
 
 float plane_copy(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w, bool relu) {
-  switch (isa) {
-    case Isa::kAvx512: return plane_copy_avx512(src, src_wp, dst, dst_wp, h, w, relu);
-    case Isa::kAvx2: return plane_copy_avx2(src, src_wp, dst, dst_wp, h, w, relu);
-    default: return plane_copy_portable(src, src_wp, dst, dst_wp, h, w, relu);
-  }
+  return table(isa).plane_copy(src, src_wp, dst, dst_wp, h, w, relu);
 }
 
 void gemv(Isa isa, const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows,
           bool relu) {
-  switch (isa) {
-    case Isa::kAvx512: gemv_avx512(w, x, idx, nk, b, y, rows, relu); return;
-    case Isa::kAvx2: gemv_avx2(w, x, idx, nk, b, y, rows, relu); return;
-    default: gemv_portable(w, x, idx, nk, b, y, rows, relu); return;
-  }
+  table(isa).gemv(w, x, idx, nk, b, y, rows, relu);
 }
 
-double fma_peak_probe(Isa isa, int64_t iters) {
-  switch (isa) {
-    case Isa::kAvx512: return fma_peak_avx512(iters);
-    case Isa::kAvx2: return fma_peak_avx2(iters);
-    default: return fma_peak_portable(iters);
-  }
-}
+double fma_peak_probe(Isa isa, int64_t iters) { return table(isa).fma_peak(iters); }
 
 double fma_peak_probe_width(int width, int64_t iters) {
   const Isa isa = detect_isa();
-  if (width == 16) return isa == Isa::kAvx512 ? fma_peak_avx512(iters) : 0.0;
-  if (width == 8) return isa == Isa::kPortable ? fma_peak_portable(iters) : fma_peak_avx2(iters);
+  if (width == 16) return isa == Isa::kAvx512 ? table(Isa::kAvx512).fma_peak(iters) : 0.0;
+  if (width == 8) return table(isa == Isa::kPortable ? Isa::kPortable : Isa::kAvx2).fma_peak(iters);
   return 0.0;
 }
 

@@ -184,9 +184,9 @@ static double peak(int64_t iters) {
 template <class T>
 static void im2col(const Im2colCall& a) {
   const int64_t wv = a.col_rows;
-  const bool inside = a.ph <= a.border && a.pw <= a.border_x;
+  const bool inside = a.ph <= a.border && a.pw <= a.border;
   for (int ci = 0; ci < a.n_in; ++ci) {
-    const float* src = a.in + ci * a.plane + static_cast<int64_t>(a.border) * a.wp + a.border_x;
+    const float* src = a.in + ci * a.plane + static_cast<int64_t>(a.border) * a.wp + a.border;
     for (int ky = 0; ky < a.kh; ++ky)
       for (int kx = 0; kx < a.kw; ++kx) {
         float* dst = a.col + ((static_cast<int64_t>(ci) * a.kh + ky) * a.kw + kx) * a.ho * wv;

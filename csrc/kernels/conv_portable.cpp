@@ -76,10 +76,11 @@ struct S8 {
 
 }  // namespace portable
 
-void conv_run_portable(const ConvCall& call) { portable::run<portable::S8>(call); }
-double fma_peak_portable(int64_t iters) { return portable::peak<portable::S8>(iters); }
-void conv_im2col_portable(const Im2colCall& a) { portable::im2col<portable::S8>(a); }
-float plane_copy_portable(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w, bool relu) { return portable::plane_copy<portable::S8>(src, sw, dst, dw, h, w, relu); }
-void gemv_portable(const float* w, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows, bool relu) { portable::gemv<portable::S8>(w, x, idx, nk, b, y, rows, relu); }
+const KernelTable* kernels_portable() {
+  using T = portable::S8;
+  static const KernelTable table{&portable::run<T>, &portable::im2col<T>, &portable::plane_copy<T>,
+                                 &portable::gemv<T>, &portable::peak<T>};
+  return &table;
+}
 
 }  // namespace dyninfer

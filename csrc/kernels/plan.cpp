@@ -87,28 +87,26 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
     buf.H = static_cast<int>(next("H"));
     buf.W = static_cast<int>(next("W"));
     buf.B = static_cast<int>(next("B"));
-    buf.Bx = static_cast<int>(next("Bx"));
     buf.slot = static_cast<int>(next("slot"));
     buf.nonneg = next("nonneg") != 0;
-    if (buf.C <= 0 || buf.H <= 0 || buf.W <= 0 || buf.B < 0 || buf.B > 64 || buf.Bx < 0 || buf.Bx > buf.B ||
-        buf.slot < 0)
+    if (buf.C <= 0 || buf.H <= 0 || buf.W <= 0 || buf.B < 0 || buf.B > 64 || buf.slot < 0)
       throw PlanError("plan meta: buffer " + std::to_string(b) + " has invalid geometry");
     buf.Hp = buf.H + 2 * buf.B;
-    buf.Wp = buf.W + 2 * buf.Bx;
+    buf.Wp = buf.W + 2 * buf.B;
     buf.plane = round_up(static_cast<int64_t>(buf.Hp) * buf.Wp, 16);
     n_slots = std::max(n_slots, buf.slot + 1);
     max_channels_ = std::max(max_channels_, buf.C);
     buffers_.push_back(buf);
   }
   slot_floats_.assign(n_slots, 0);
-  // Buffers sharing a slot must share (H, W, B, Bx) so that borders stay zero.
+  // Buffers sharing a slot must share (H, W, B) so that borders stay zero.
   std::vector<int> slot_owner(n_slots, -1);
   for (int b = 0; b < nb; ++b) {
     const Buffer& buf = buffers_[b];
     int& own = slot_owner[buf.slot];
     if (own >= 0) {
       const Buffer& o = buffers_[own];
-      if (o.H != buf.H || o.W != buf.W || o.B != buf.B || o.Bx != buf.Bx)
+      if (o.H != buf.H || o.W != buf.W || o.B != buf.B)
         throw PlanError("plan meta: buffers " + std::to_string(own) + " and " + std::to_string(b) +
                         " share slot " + std::to_string(buf.slot) + " with different geometry");
     } else {
@@ -191,16 +189,16 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
           throw PlanError("conv '" + c.name + "': output shares memory with its input");
         // Output in the residual's memory (in place): identical geometry required.
         c.inplace = c.res >= 0 && buffers_[c.res].slot == bo.slot;
-        if (c.inplace && (buffers_[c.res].B != bo.B || buffers_[c.res].Bx != bo.Bx || buffers_[c.res].plane != bo.plane))
+        if (c.inplace && (buffers_[c.res].B != bo.B || buffers_[c.res].plane != bo.plane))
           throw PlanError("conv '" + c.name + "': in-place residual with a different plane geometry");
         c.w = weight(f[3], static_cast<int64_t>(c.O) * c.I * c.kh * c.kw, opi, "conv weight");
         c.bias = weight(f[4], c.O, opi, "conv bias");
         // Stride-1 convs read the padded planes in place when the borders cover the padding.
-        c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B && c.pw <= bi.Bx;
+        c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B && c.pw <= bi.B;
         // Stride-2 convs read the padded planes in place too where the kernels can load
         // stride-2 vectors (AVX-512: two loads + one permute), else through a column buffer.
         c.stride2 = isa_ == Isa::kAvx512 && c.sh == 2 && c.sw == 2 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B &&
-                    c.pw <= bi.Bx;
+                    c.pw <= bi.B;
         if (c.stride2) c.direct = true;
         build_conv_vectors(c);
         ops_.push_back({kConv, static_cast<int>(convs_.size())});
@@ -361,9 +359,9 @@ void Plan::build_conv_vectors(ConvOp& c) {
     vw = 16;
     c.vw = vw;
     c.col_rows = 0;
-    const int64_t in0 = static_cast<int64_t>(bi.B - c.ph) * bi.Wp + (bi.Bx - c.pw);
-    const int64_t out0 = static_cast<int64_t>(bo.B) * bo.Wp + bo.Bx;
-    const int64_t res0 = br ? static_cast<int64_t>(br->B) * br->Wp + br->Bx : 0;
+    const int64_t in0 = static_cast<int64_t>(bi.B - c.ph) * bi.Wp + (bi.B - c.pw);
+    const int64_t out0 = static_cast<int64_t>(bo.B) * bo.Wp + bo.B;
+    const int64_t res0 = br ? static_cast<int64_t>(br->B) * br->Wp + br->B : 0;
     for (int64_t v = 0; v < n_flat; ++v) {
       const int64_t q0 = v * 16;
       c.in_off.push_back(in0 + q0);
@@ -387,13 +385,13 @@ void Plan::build_conv_vectors(ConvOp& c) {
     for (int xb = 0; xb < nvx; ++xb) {
       const int x = xb * vw;
       if (c.stride2)
-        c.in_off.push_back(static_cast<int64_t>(2 * y + bi.B - c.ph) * bi.Wp + (bi.Bx - c.pw) + 2 * x);
+        c.in_off.push_back(static_cast<int64_t>(2 * y + bi.B - c.ph) * bi.Wp + (bi.B - c.pw) + 2 * x);
       else if (c.direct)
-        c.in_off.push_back(static_cast<int64_t>(y + bi.B - c.ph) * bi.Wp + (bi.Bx - c.pw) + x);
+        c.in_off.push_back(static_cast<int64_t>(y + bi.B - c.ph) * bi.Wp + (bi.B - c.pw) + x);
       else
         c.in_off.push_back(y * wv + x);
-      c.out_off.push_back(static_cast<int64_t>(y + bo.B) * bo.Wp + bo.Bx + x);
-      if (br) c.res_off.push_back(static_cast<int64_t>(y + br->B) * br->Wp + br->Bx + x);
+      c.out_off.push_back(static_cast<int64_t>(y + bo.B) * bo.Wp + bo.B + x);
+      if (br) c.res_off.push_back(static_cast<int64_t>(y + br->B) * br->Wp + br->B + x);
       const int n = std::min(vw, wo - x);
       c.lanes.push_back(n >= 32 ? 0xFFFFFFFFu : (1u << n) - 1u);
     }
@@ -486,7 +484,7 @@ struct Executor {
   float* plane(int b, int pos) const { return ws.buf_data[b] + pos * P.buffers_[b].plane; }
   float* interior(int b, int pos) const {
     const Buffer& B = P.buffers_[b];
-    return plane(b, pos) + static_cast<int64_t>(B.B) * B.Wp + B.Bx;
+    return plane(b, pos) + static_cast<int64_t>(B.B) * B.Wp + B.B;
   }
 
   void channel_sums(int b) {
@@ -724,8 +722,7 @@ struct Executor {
     a.in = ws.buf_data[c.in];
     a.plane = bi.plane;
     a.border = bi.B;
-    a.border_x = bi.Bx;
-    a.hi = bi.H;
+        a.hi = bi.H;
     a.wi = bi.W;
     a.wp = bi.Wp;
     a.n_in = n_in;
@@ -934,7 +931,7 @@ struct Executor {
   void run_sample(const float* x, float* out, float* path) {
     std::fill(ws.sums_valid.begin(), ws.sums_valid.end(), 0);
     const bool prof = P.profiling_;
-    auto t_prev = std::chrono::steady_clock::now();
+    auto t_prev = prof ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     set_input(x);
     for (size_t i = 0; i < P.ops_.size(); ++i) {
       dispatch(P.ops_[i], path);

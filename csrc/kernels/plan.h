@@ -48,7 +48,6 @@ struct WeightRef {
 
 struct Buffer {
   int C = 0, H = 0, W = 0, B = 0;
-  int Bx = 0;  // side border (<= B): convs whose padding it does not cover go through im2col
   int Hp = 0, Wp = 0;
   int64_t plane = 0;  // floats between consecutive channel planes
   int slot = -1;
@@ -126,7 +125,7 @@ struct Workspace;
 
 class Plan {
  public:
-  // meta: [n_buffers, (C, H, W, B, Bx, slot, nonneg) * n_buffers, input, output, n_gates, N_g * n_gates]
+  // meta: [n_buffers, (C, H, W, B, slot, nonneg) * n_buffers, input, output, n_gates, N_g * n_gates]
   // ops:  [kind, count, fields...] * n_ops; weights referenced by index into `weights`.
   Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, std::vector<WeightRef> weights,
        std::vector<std::string> names, Isa isa);

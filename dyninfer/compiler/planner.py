@@ -1,7 +1,7 @@
 """Graph -> plan: trace a (gated) model with torch.fx, fold BN, fuse epilogues, assign memory.
 
 The plan is what the C++ runtime (csrc/kernels/plan.cpp) executes: buffers (C, H, W, border,
-side border, slot, non-negative) and ops encoded as ``[kind, n_fields, fields...]``. Field order is defined once here and
+slot, non-negative) and ops encoded as ``[kind, n_fields, fields...]``. Field order is defined once here and
 once in plan.cpp (op_field_count); keep them in step.
 
 Fusion: a conv absorbs the chain ``conv -> [BatchNorm2d] -> [ReLU] -> [gate] -> [+ residual] ->
@@ -39,7 +39,6 @@ class BufferInfo:
     H: int
     W: int
     border: int = 0
-    border_x: int = 0  # side border (the runtime accepts one narrower than ``border``; we keep them equal)
     slot: int = -1
 
 
@@ -412,14 +411,6 @@ class _Builder:
         for i, (_, _, inputs, _) in enumerate(self.ops):
             for b in inputs:
                 last_use[b] = i
-        parent = list(range(len(self.buffers)))
-
-        def root(b: int) -> int:
-            while parent[b] != b:
-                parent[b] = parent[parent[b]]
-                b = parent[b]
-            return b
-
         producer = {out: kind for kind, _, _, out in self.ops if out is not None}
         self.inplace_out: set[int] = set()
         for i, (kind, fields, _, out) in enumerate(self.ops):
@@ -432,36 +423,32 @@ class _Builder:
             # residual conv at 57% of peak in place vs 68% for the others).
             if (last_use.get(res) == i and res not in (self.input, self.output) and fields[0] != res
                     and producer.get(res) == CONV and (r.C, r.H, r.W) == (o.C, o.H, o.W)):
-                parent[root(out)] = root(res)
                 self.inplace_out.add(out)
-        # Border groups: a conv's input, output and residual get the same border when their planes
-        # have the same size, so AVX-512 "flat" vectors (which need one row pitch for all three)
-        # stay possible; in-place chains share memory and so a border too.
-        bparent = list(range(len(self.buffers)))
+        # Border groups: a conv's residual and output, and its input and output when a stride-1
+        # conv keeps the plane size, get one border, so AVX-512 "flat" vectors (one row pitch for
+        # all three) stay possible; this also covers in-place chains, which share memory.
+        group = list(range(len(self.buffers)))
 
-        def broot(b: int) -> int:
-            while bparent[b] != b:
-                bparent[b] = bparent[bparent[b]]
-                b = bparent[b]
+        def find(b: int) -> int:
+            while group[b] != b:
+                group[b] = group[group[b]]
+                b = group[b]
             return b
 
-        for b in range(len(self.buffers)):
-            bparent[broot(b)] = broot(root(b))
         for kind, fields, _, out in self.ops:
             if kind != CONV:
                 continue
             x, res = fields[0], fields[2]
-            same = lambda a, b: (self.buffers[a].H, self.buffers[a].W) == (self.buffers[b].H, self.buffers[b].W)
             if res >= 0:
-                bparent[broot(res)] = broot(out)
-            if fields[9] == 1 and fields[10] == 1 and same(x, out):
-                bparent[broot(x)] = broot(out)
+                group[find(res)] = find(out)
+            same_size = (self.buffers[x].H, self.buffers[x].W) == (self.buffers[out].H, self.buffers[out].W)
+            if fields[9] == 1 and fields[10] == 1 and same_size:
+                group[find(x)] = find(out)
         border: dict[int, int] = {}
         for b, pad in self.direct_pad.items():
-            border[broot(b)] = max(border.get(broot(b), 0), pad)
+            border[find(b)] = max(border.get(find(b), 0), pad)
         for b, info in enumerate(self.buffers):
-            info.border = border.get(broot(b), 0)
-            info.border_x = info.border
+            info.border = border.get(find(b), 0)
 
         n_slots = 0
         free: dict[tuple[int, int, int], list[int]] = {}
@@ -469,7 +456,7 @@ class _Builder:
         def alloc(b: int) -> None:
             nonlocal n_slots
             info = self.buffers[b]
-            key = (info.H, info.W, info.border, info.border_x)
+            key = (info.H, info.W, info.border)
             if free.get(key):
                 info.slot = free[key].pop()
             else:
@@ -486,7 +473,7 @@ class _Builder:
             for b in set(inputs):
                 if last_use.get(b) == i and b != self.output and not (out in self.inplace_out and b == fields[2]):
                     info = self.buffers[b]
-                    free.setdefault((info.H, info.W, info.border, info.border_x), []).append(info.slot)
+                    free.setdefault((info.H, info.W, info.border), []).append(info.slot)
 
     def nonneg(self) -> list[int]:
         """1 for buffers whose values are known >= 0 (ReLU outputs and what pools, shortcuts and
@@ -525,17 +512,12 @@ def trace_for_engine(model: nn.Module, input_shape: tuple[int, int, int]) -> fx.
     return gm
 
 
-def build_plan(model: nn.Module, input_shape: tuple[int, int, int], force_keep: float | None = None,
-               isa: str = "avx2") -> PlanSpec:
-    """Trace ``model`` (eval mode) and build the engine plan for inputs of shape (B, *input_shape).
-    ``isa`` is the instruction set the plan will run with (dyninfer._ext.isa()); recorded for
-    layout choices that depend on it (none at present: "tight" narrow planes with masked taps
-    were tried for AVX-512 and measured 2% slower on the gated ResNet-56, so they were dropped)."""
+def build_plan(model: nn.Module, input_shape: tuple[int, int, int], force_keep: float | None = None) -> PlanSpec:
+    """Trace ``model`` (eval mode) and build the engine plan for inputs of shape (B, *input_shape)."""
     if force_keep is not None and not 0.0 <= force_keep <= 1.0:
         raise ValueError(f"force_keep must lie in [0, 1], got {force_keep}")
     gm = trace_for_engine(model, input_shape)
     bld = _Builder(gm, force_keep)
-    bld.isa = isa
     bld.gate_order = [n for n, m in model.named_modules() if isinstance(m, ArchitectureControl)]
     bld.output = None
     bld.build()
@@ -545,7 +527,7 @@ def build_plan(model: nn.Module, input_shape: tuple[int, int, int], force_keep: 
     bld.assign_memory()
     meta = [len(bld.buffers)]
     for info, nonneg in zip(bld.buffers, bld.nonneg()):
-        meta += [info.C, info.H, info.W, info.border, info.border_x, info.slot, nonneg]
+        meta += [info.C, info.H, info.W, info.border, info.slot, nonneg]
     meta += [bld.input, bld.output, len(bld.gate_sizes)] + bld.gate_sizes
     ops: list[int] = []
     for kind, fields, _, _ in bld.ops:
