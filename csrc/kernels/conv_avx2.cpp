@@ -4,6 +4,7 @@
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
+#include "conv_avx2_asm.h"
 #define DYNINFER_ISA_NS avx2
 #include "conv_impl.h"
 
@@ -20,6 +21,33 @@ struct T8 {
   static V even_lanes(const float*) { return zero(); }
   static void even_lanes8(const float*, float*) {}
   static V load_s2(const float*) { return zero(); }
+  // Full 3x3 stride-1 tiles (4 vectors) run the hand-allocated kernels of conv_avx2_asm.cpp;
+  // plans built with DYNINFER_NO_ASM=1 run the intrinsics loop, which computes the same sums.
+  static constexpr bool kAsm3x3 = true;
+  template <int M>
+  static void asm3x3(const ConvCall& c, const float* const* wrow, const int64_t* voff, V (&acc)[M][4]) {
+    static_assert(M >= 1 && M <= 3, "AVX2 tiles have 1..3 output channels");
+    if (c.n_in <= 0) {
+      for (int m = 0; m < M; ++m)
+        for (int j = 0; j < 4; ++j) acc[m][j] = zero();
+      return;
+    }
+    alignas(32) float buf[4 * M * 8];
+    AsmArgs a;
+    a.in = c.in;
+    for (int j = 0; j < 4; ++j) a.off[j] = voff[j] * 4;
+    a.rs = c.rs * 4;
+    a.cstride = c.cstride * 4;
+    a.in_real = c.in_real;
+    a.in_real_end = c.in_real + c.n_in;
+    for (int m = 0; m < 3; ++m) a.w[m] = wrow[m < M ? m : 0];
+    a.acc = buf;
+    if constexpr (M == 1) dyninfer_avx2_c3x3_m1x4(&a);
+    else if constexpr (M == 2) dyninfer_avx2_c3x3_m2x4(&a);
+    else dyninfer_avx2_c3x3_m3x4(&a);
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < 4; ++j) acc[m][j] = _mm256_load_ps(buf + (4 * m + j) * 8);
+  }
   static void pin(V&) {}
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float x) { return _mm256_set1_ps(x); }

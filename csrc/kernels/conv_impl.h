@@ -10,16 +10,30 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "conv.h"
 
 namespace dyninfer {
 namespace DYNINFER_ISA_NS {
 
+// T::asm3x3<M>(call, weight rows, vector offsets, acc) when the ISA has hand-allocated 3x3
+// stride-1 register tiles of T::kNV vectors (conv_avx2_asm.cpp).
+template <class T, class = void>
+struct HasAsm3x3 : std::false_type {};
+template <class T>
+struct HasAsm3x3<T, std::void_t<decltype(T::kAsm3x3)>> : std::bool_constant<T::kAsm3x3> {};
+
 template <class T, int M, int NV, int KH, int KW, bool S2>
 __attribute__((always_inline)) static inline void micro(const ConvCall& c, const float* const* wrow,
                                                       const int64_t* voff, typename T::V (&acc)[M][NV]) {
   using V = typename T::V;
+  if constexpr (HasAsm3x3<T>::value && NV == T::kNV && KH == 3 && KW == 3 && !S2) {
+    if (c.use_asm) {
+      T::template asm3x3<M>(c, wrow, voff, acc);
+      return;
+    }
+  }
   for (int m = 0; m < M; ++m)
     for (int j = 0; j < NV; ++j) acc[m][j] = T::zero();
   const int kh = KH > 0 ? KH : c.kh;
