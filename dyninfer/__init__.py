@@ -3,8 +3,9 @@ from .nn import ArchitectureControl, DecoupleError, calculation_path, decouple, 
 from .models import create_model, list_models
 from .errors import UnsupportedLayerError
 from .engine import CompiledModel, compile
+from .deploy import load
 
 __version__ = "0.1.0"
 
 __all__ = ["ArchitectureControl", "DecoupleError", "calculation_path", "decouple", "gates", "create_model",
-           "list_models", "UnsupportedLayerError", "CompiledModel", "compile", "__version__"]
+           "list_models", "UnsupportedLayerError", "CompiledModel", "compile", "load", "__version__"]
