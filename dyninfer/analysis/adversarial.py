@@ -11,6 +11,7 @@ so the gradient flows through the kept filters' outputs (y · z), as for a dense
 Detection: a binary classifier (clean = 0, adversarial = 1) on paths. For each of ``seeds`` seeds
 it is trained on ``n`` randomly drawn clean training images per class and their adversarial
 versions, and scored by ROC AUC on held-out clean and adversarial images; results are mean ± std.
+When every training input has the same features (a static path) the score is constant: AUC 0.5.
 """
 from __future__ import annotations
 
@@ -129,6 +130,11 @@ def detection_auc(clean_train, adv_train, train_labels, clean_test, adv_test, n_
         idx = _sample_per_class(lt, n_per_class, rng)
         xtr = np.concatenate([ct[idx], at[idx]]).astype(np.float32)
         ytr = np.r_[np.zeros(len(idx)), np.ones(len(idx))]
+        if not (xtr != xtr[:1]).any():
+            # clean and adversarial training inputs have identical features (static paths): any
+            # classifier can only output a constant score, whose AUC is 0.5 (AdaBoost refuses to fit).
+            aucs.append(0.5)
+            continue
         clf = make_classifier(classifier, seed) if isinstance(classifier, str) else classifier(seed)
         clf.fit(xtr, ytr)
         aucs.append(float(roc_auc_score(yte, clf.predict_proba(xte)[:, 1])))
