@@ -336,3 +336,33 @@ def load(path: str | os.PathLike):
     engine = CompiledModel(spec, meta["gates"], plan=module.plan)
     engine.artefact = {"path": str(Path(path)), **{k: meta[k] for k in meta if k not in ("conv_names",)}}
     return engine
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m dyninfer.deploy CHECKPOINT OUT [--gates learned|open] [--input-shape C H W]:
+    compile a checkpoint (dyninfer.checkpoint format) and write its artefact."""
+    import argparse
+    import sys
+
+    from .checkpoint import CheckpointError, load_model
+    from .engine import compile as compile_model
+
+    p = argparse.ArgumentParser(prog="python -m dyninfer.deploy", description=main.__doc__.split(":")[0])
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--gates", choices=["learned", "open"], default="learned")
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"))
+    args = p.parse_args(argv)
+    try:
+        engine = compile_model(load_model(args.checkpoint), gates=args.gates, input_shape=args.input_shape)
+        out = engine.save(args.out)
+        load(out)  # read back and verify once
+    except (CheckpointError, ArtefactError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({engine}); verified")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

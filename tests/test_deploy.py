@@ -322,5 +322,6 @@ def test_memory_stays_flat_over_10000_calls(tmp_path):
         logits, p = loaded(x, return_path=True)
         kept += float(p[0, 0])
     growth = _rss_bytes() - before
+    print(f"RSS {before / 2**20:.1f} MiB after 1,000 warm-up calls, growth over 10,000 more: {growth / 2**10:.0f} KiB")
     assert growth < 4 * 2**20, f"RSS grew by {growth / 2**20:.2f} MiB over 10,000 calls"
     assert kept in (0.0, 10_000.0)  # the calls ran (the same input always makes the same decision)
