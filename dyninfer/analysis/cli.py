@@ -24,6 +24,7 @@ def add_analyze_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, default=d.eps, help="L-inf attack budget, pixel units of [0, 1] images")
     p.add_argument("--pgd-steps", type=int, default=d.pgd_steps)
     p.add_argument("--attack-pool-per-class", type=int, default=d.attack_pool_per_class)
+    p.add_argument("--adv-test-limit", type=int, default=d.adv_test_limit, help="held-out test images attacked")
     p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N train images")
     p.add_argument("--seeds", type=int, default=d.seeds)

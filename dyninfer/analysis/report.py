@@ -45,8 +45,9 @@ class AnalyzeConfig:
     out_dir: str = "benchmarks/results/analysis"
     source: str = "engine"  # paths from the compiled engine or from "pytorch"
     eps: float = 0.1  # L∞ attack budget in pixel units ([0, 1] images)
-    pgd_steps: int = 10
+    pgd_steps: int = 5  # step size 2.5·eps/steps (Madry et al.'s rule)
     attack_pool_per_class: int = 10  # training images per class attacked: the detectors' training pool
+    adv_test_limit: int = 200  # held-out test images attacked (their clean and adversarial paths are scored)
     test_limit: int | None = None  # held-out images (default: the whole test split)
     train_limit: int | None = None  # reference images (default: the whole train split)
     seeds: int = 5
@@ -61,8 +62,8 @@ class AnalyzeConfig:
             raise ValueError(f"AnalyzeConfig.source must be 'engine' or 'pytorch', got {self.source!r}")
         if not 0 < self.eps <= 1:
             raise ValueError(f"AnalyzeConfig.eps must lie in (0, 1] (pixel units), got {self.eps}")
-        for name in ("pgd_steps", "attack_pool_per_class", "seeds", "knn_k", "occlusion_images", "occlusion_box",
-                     "threads"):
+        for name in ("pgd_steps", "attack_pool_per_class", "adv_test_limit", "seeds", "knn_k", "occlusion_images",
+                     "occlusion_box", "threads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"AnalyzeConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.attack_pool_per_class < 10:
@@ -242,10 +243,13 @@ def run_analysis(cfg: AnalyzeConfig, progress: bool = True) -> dict[str, Any]:
     # 6. adversarial detection --------------------------------------------------------------------
     pool = _per_class_pool(ytr, cfg.attack_pool_per_class, cfg.seed)
     xp, yp = xtr[pool], ytr[pool]
+    na = min(cfg.adv_test_limit, len(yte))
+    xa, ya = xte[:na], yte[:na]
+    step = 2.5 * cfg.eps / cfg.pgd_steps
     pix = lambda x: x * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)  # noqa: E731
     norm = lambda x: (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)  # noqa: E731
     attacks = {"FGSM": lambda m, x, y: fgsm(m, x, y, cfg.eps, 0.0, 1.0),
-               "PGD": lambda m, x, y: pgd(m, x, y, cfg.eps, cfg.pgd_steps, lo=0.0, hi=1.0, seed=cfg.seed)}
+               "PGD": lambda m, x, y: pgd(m, x, y, cfg.eps, cfg.pgd_steps, step, lo=0.0, hi=1.0, seed=cfg.seed)}
     models = {"gated model: calculation path": gated}
     if dense is not None:
         models["dense model: binarised activations (median)"] = dense
@@ -254,31 +258,30 @@ def run_analysis(cfg: AnalyzeConfig, progress: bool = True) -> dict[str, Any]:
         feats = {}
         for name, model in models.items():
             wrapped = _Pixels(model, mean, std).eval()
-            a_pool, a_test = norm(fn(wrapped, pix(xp), yp)), norm(fn(wrapped, pix(xte), yte))
+            a_pool, a_test = norm(fn(wrapped, pix(xp), yp)), norm(fn(wrapped, pix(xa), ya))
             if model is gated:
-                c_pool = ps_train.paths[pool]
-                f_pool, f_test = collect_paths(runner, a_pool, yp), collect_paths(runner, a_test, yte)
-                clean_pred, adv_pred = ps_test.predictions, f_test.predictions
-                feats[name] = (c_pool, f_pool.paths, ps_test.paths, f_test.paths)
+                f_pool, f_test = collect_paths(runner, a_pool, yp), collect_paths(runner, a_test, ya)
+                clean_pred, adv_pred = ps_test.predictions[:na], f_test.predictions
+                feats[name] = (ps_train.paths[pool], f_pool.paths, ps_test.paths[:na], f_test.paths)
             else:
-                c_pool = feats_train[name][pool]
                 ap, _, _, _ = collect_activations(model, a_pool)
                 at, adv_pred, _, _ = collect_activations(model, a_test)
-                clean_pred = collect_activations(model, xte)[1]
-                feats[name] = (c_pool, binarize(ap, thresholds), feats_test[name], binarize(at, thresholds))
-            correct = clean_pred == yte
+                clean_pred = dpred_te[:na]
+                feats[name] = (feats_train[name][pool], binarize(ap, thresholds), feats_test[name][:na],
+                               binarize(at, thresholds))
+            correct = clean_pred == ya
             attack_stats[f"{attack} / {name.split(':')[0]}"] = {
                 "clean_accuracy": float(correct.float().mean()),
-                "adversarial_accuracy": float((adv_pred == yte).float().mean()),
-                "success_rate_on_correct": float((adv_pred[correct] != yte[correct]).float().mean())}
+                "adversarial_accuracy": float((adv_pred == ya).float().mean()),
+                "success_rate_on_correct": float((adv_pred[correct] != ya[correct]).float().mean())}
             log(f"{attack} on {name.split(':')[0]}: accuracy {correct.float().mean():.3f} -> "
-                f"{(adv_pred == yte).float().mean():.3f}")
+                f"{(adv_pred == ya).float().mean():.3f}")
         for row in detection_table(feats, yp, (1, 5, 10), CLASSIFIERS, range(cfg.seeds)):
             adv_rows.append({"attack": attack, **row})
         log(f"{attack}: detectors trained")
-    result["adversarial"] = {"eps_pixels": cfg.eps, "pgd_steps": cfg.pgd_steps, "pgd_step_size": cfg.eps / 4,
-                             "pool_per_class": cfg.attack_pool_per_class, "held_out_clean": len(yte),
-                             "held_out_adversarial": len(yte), "seeds": cfg.seeds, "attacks": attack_stats,
+    result["adversarial"] = {"eps_pixels": cfg.eps, "pgd_steps": cfg.pgd_steps, "pgd_step_size": step,
+                             "pool_per_class": cfg.attack_pool_per_class, "held_out_clean": na,
+                             "held_out_adversarial": na, "seeds": cfg.seeds, "attacks": attack_stats,
                              "detection": adv_rows}
     result["seconds"] = time.perf_counter() - t0
     (out / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
