@@ -377,3 +377,17 @@ def test_analyze_command_end_to_end(tmp_path):
     assert A.load_paths(out / "paths_test.safetensors").paths.shape == (20, r["paths"]["bits"])
     # a missing checkpoint ends with a one-line error naming it, exit status 2
     assert main(["analyze", "--checkpoint", str(tmp_path / "nope.safetensors"), "--quiet"]) == 2
+
+
+def test_shipped_dense_baseline_asset():
+    from dyninfer.analysis.report import DEFAULT_DENSE_CHECKPOINT
+    from dyninfer.data import load_dataset
+
+    meta = dyninfer.checkpoint.read_metadata(DEFAULT_DENSE_CHECKPOINT)
+    assert meta["config"]["model"] == {"name": "resnet56", "num_classes": 10, "gated": False, "reduction": 4}
+    dense = dyninfer.checkpoint.load_model(DEFAULT_DENSE_CHECKPOINT)
+    x, y = A.stack_dataset(load_dataset("digits", split="test", augment=False), limit=48)
+    acts, preds, names, sizes = A.collect_activations(dense, x)
+    gated = dyninfer.create_model("resnet56")
+    assert names == list(dyninfer.gates(gated)) and sum(sizes) == acts.shape[1] == 2016
+    assert (preds == y).float().mean() > 0.9  # a trained model, not a placeholder
