@@ -27,7 +27,7 @@ bench: install
 	$(PY) benchmarks/scaling.py
 
 # Regenerates the README's "Interpreting calculation paths" figures and report
-# (benchmarks/results/analysis/; about 4 minutes on 2 cores).
+# (benchmarks/results/analysis/; 6 min 44 s measured on the 2-core machine under a load average of 5-7).
 analyze: install
 	$(PY) -m dyninfer.cli analyze --out-dir benchmarks/results/analysis
 
