@@ -3,7 +3,7 @@
 PY ?= python3
 PIP := $(PY) -m pip
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench analyze clean
 
 install:
 	# torch 2.13.0 CPU build first: an unpinned torch would pull a multi-GB CUDA build.
@@ -25,6 +25,11 @@ bench: install
 		--batch-sizes 1 8 --threads 1 2 --runs 200 --out benchmarks/results/bench_resnet56.json \
 		--plots benchmarks/results --no-progress
 	$(PY) benchmarks/scaling.py
+
+# Regenerates the README's "Interpreting calculation paths" figures and report
+# (benchmarks/results/analysis/; 6 min 44 s measured on the 2-core machine under a load average of 5-7).
+analyze: install
+	$(PY) -m dyninfer.cli analyze --out-dir benchmarks/results/analysis
 
 clean:
 	rm -rf build dyninfer/*.so *.egg-info

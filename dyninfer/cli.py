@@ -7,6 +7,9 @@
     dyninfer bench (--model NAME | --checkpoint PATH) [--batch-sizes 1 8] [--threads 1 2] [--runs N]
                    [--out FILE] [--force-keep F] [--sweep 1 0.75 0.5 0.25] [--plots DIR] [--no-progress]
                                             peers side by side (dyninfer.bench), figures (dyninfer.bench_plots)
+    dyninfer analyze [--checkpoint PATH] [--dense-checkpoint PATH | --no-dense] [--out-dir DIR]
+                                            paths, filter states, t-SNE, occlusion, adversarial
+                                            detection (dyninfer.analysis): PNGs, JSON, report.md
 
 Subcommands are registered in ``SUBCOMMANDS`` (name -> (help, add_arguments, run)); add
 ``compile``, ``bench``, ``analyze`` with ``register_subcommand`` next to the existing ones.
@@ -346,6 +349,11 @@ register_subcommand("compile", "compile a checkpoint with the C++ engine, check 
 register_subcommand("demo", "dense vs gated ResNet-20 on the embedded digits data", _add_demo_arguments, _run_demo)
 register_subcommand("bench", "time dyninfer against dense CPU runtimes side by side, write JSON", _add_bench_arguments,
                     _run_bench)
+
+from .analysis.cli import add_analyze_arguments, run_analyze  # noqa: E402  (light: argparse only)
+
+register_subcommand("analyze", "calculation paths: filter states, t-SNE, occlusion, adversarial detection",
+                    add_analyze_arguments, run_analyze)
 
 
 # ---------------------------------------------------------------------------------------------

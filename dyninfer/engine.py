@@ -31,11 +31,13 @@ class CompiledModel:
     ``engine(x, return_path=True)`` -> (logits, path) with path (B, Σ N_l) the concatenated gate
     decisions z of every gated layer from the same run (``split_path`` names them)."""
 
-    def __init__(self, spec: PlanSpec, gates: str):
+    def __init__(self, spec: PlanSpec, gates: str, plan=None):
         load_extension()
         self.spec = spec
         self.gates_mode = gates
-        self.plan = torch.classes.dyninfer.Plan(spec.meta, spec.ops, spec.weights, spec.conv_names)
+        # plan: an already built Plan of this spec (dyninfer.load passes the archived one)
+        self.plan = plan if plan is not None else torch.classes.dyninfer.Plan(spec.meta, spec.ops, spec.weights,
+                                                                              spec.conv_names)
         self.input_shape = spec.input_shape
         self.output_shape = spec.output_shape
         self.gate_names = list(spec.gate_names)
@@ -57,6 +59,12 @@ class CompiledModel:
         return (logits, path) if return_path else logits
 
     forward = __call__
+
+    def save(self, path):
+        """Write this engine as one verified deployment artefact (dyninfer.deploy); load it back
+        with dyninfer.load(path), from TorchScript, or in C++ with torch::jit::load."""
+        from .deploy import save
+        return save(self, path)
 
     def split_path(self, path: torch.Tensor) -> dict[str, torch.Tensor]:
         """{gate path: (B, N_l) z} from the (B, Σ N_l) path tensor."""
