@@ -38,20 +38,28 @@ static_assert(offsetof(AsmArgs, in) == 0 && offsetof(AsmArgs, off) == 8 && offse
 #define DI_TAP(M, t, d, IDX)                                                                   \
   DI_B##M(t) DI_LD("%r8", d, IDX) DI_F##M(0, 4, 8) DI_LD("%r9", d, IDX) DI_F##M(1, 5, 9)        \
       DI_LD("%r10", d, IDX) DI_F##M(2, 6, 10) DI_LD("%r11", d, IDX) DI_F##M(3, 7, 11)
+// Column-buffer tap (3x3 convs through im2col, strided): tap kx of the current row group is the
+// kx-th tap plane, IDX = "", ",%rcx,1", ",%rcx,2" with rcx the tap plane size in bytes.
+#define DI_TAPC(M, t, IDX)                                                                            \
+  DI_B##M(t) DI_LD("%r8", 0, IDX) DI_F##M(0, 4, 8) DI_LD("%r9", 0, IDX) DI_F##M(1, 5, 9)              \
+      DI_LD("%r10", 0, IDX) DI_F##M(2, 6, 10) DI_LD("%r11", 0, IDX) DI_F##M(3, 7, 11)
+// Next row group: three tap planes on (cstride holds 3 tap planes for the column kernels).
+#define DI_NEXT_ROWS "add 48(%rdi),%r8\n\tadd 48(%rdi),%r9\n\tadd 48(%rdi),%r10\n\tadd 48(%rdi),%r11\n\t"
 #define DI_ST(r) "vmovups %ymm" #r "," #r "*32(%rax)\n\t"
 #define DI_ST1 DI_ST(0) DI_ST(1) DI_ST(2) DI_ST(3)
 #define DI_ST2 DI_ST1 DI_ST(4) DI_ST(5) DI_ST(6) DI_ST(7)
 #define DI_ST3 DI_ST2 DI_ST(8) DI_ST(9) DI_ST(10) DI_ST(11)
 #define DI_Z(r) "vxorps %ymm" #r ",%ymm" #r ",%ymm" #r "\n\t"
 
-// void dyninfer_avx2_c3x3_m<M>x4(const AsmArgs* a); requires a->in_real < a->in_real_end.
-#define DI_KERNEL(M)                                                                                         \
+// void <NAME>(const AsmArgs* a); requires a->in_real < a->in_real_end. BODY: the taps of one
+// input channel, leaving r8-r11 on its planes (DI_DIRECT) or on the next channel's (DI_COLUMNS).
+#define DI_KERNEL(NAME, M, BODY)                                                                             \
   asm(".text\n\t"                                                                                            \
       ".p2align 6\n\t"                                                                                       \
-      ".globl dyninfer_avx2_c3x3_m" #M "x4\n\t"                                                            \
-      ".hidden dyninfer_avx2_c3x3_m" #M "x4\n\t"                                                           \
-      ".type dyninfer_avx2_c3x3_m" #M "x4,@function\n"                                                     \
-      "dyninfer_avx2_c3x3_m" #M "x4:\n\t"                                                                  \
+      ".globl " #NAME "\n\t"                                                                                 \
+      ".hidden " #NAME "\n\t"                                                                                \
+      ".type " #NAME ",@function\n"                                                                          \
+      #NAME ":\n\t"                                                                                          \
       "push %rbx\n\tpush %r12\n\t"                                                                           \
       "mov 0(%rdi),%rax\n\t"                                                                                 \
       "mov 8(%rdi),%r8\n\tadd %rax,%r8\n\t"                                                                  \
@@ -67,13 +75,7 @@ static_assert(offsetof(AsmArgs, in) == 0 && offsetof(AsmArgs, off) == 8 && offse
       "movslq (%rsi),%rax\n\t"                                                                               \
       "lea (%rax,%rax,8),%rax\n\t"                                                                           \
       "shl $2,%rax\n\t"                                                                                      \
-      DI_TAP(M, 0, 0, "") DI_TAP(M, 1, 4, "") DI_TAP(M, 2, 8, "")                                            \
-      DI_TAP(M, 3, 0, ",%rcx,1") DI_TAP(M, 4, 4, ",%rcx,1") DI_TAP(M, 5, 8, ",%rcx,1")                       \
-      DI_TAP(M, 6, 0, ",%rcx,2") DI_TAP(M, 7, 4, ",%rcx,2") DI_TAP(M, 8, 8, ",%rcx,2")                       \
-      "add 48(%rdi),%r8\n\t"                                                                                 \
-      "add 48(%rdi),%r9\n\t"                                                                                 \
-      "add 48(%rdi),%r10\n\t"                                                                                \
-      "add 48(%rdi),%r11\n\t"                                                                                \
+      BODY(M)                                                                                                \
       "add $4,%rsi\n\t"                                                                                      \
       "cmp 64(%rdi),%rsi\n\t"                                                                                \
       "jne 1b\n\t"                                                                                           \
@@ -81,11 +83,26 @@ static_assert(offsetof(AsmArgs, in) == 0 && offsetof(AsmArgs, off) == 8 && offse
       DI_ST##M                                                                                               \
       "pop %r12\n\tpop %rbx\n\t"                                                                             \
       "ret\n\t"                                                                                              \
-      ".size dyninfer_avx2_c3x3_m" #M "x4, .-dyninfer_avx2_c3x3_m" #M "x4\n\t"                             \
+      ".size " #NAME ", .-" #NAME "\n\t"                                                                     \
       ".previous\n");
 
-DI_KERNEL(1)
-DI_KERNEL(2)
-DI_KERNEL(3)
+// Direct: rows ky at rcx*ky bytes, taps kx at 4*kx bytes, then the next channel (cstride).
+#define DI_DIRECT(M)                                                                                \
+  DI_TAP(M, 0, 0, "") DI_TAP(M, 1, 4, "") DI_TAP(M, 2, 8, "")                                        \
+  DI_TAP(M, 3, 0, ",%rcx,1") DI_TAP(M, 4, 4, ",%rcx,1") DI_TAP(M, 5, 8, ",%rcx,1")                   \
+  DI_TAP(M, 6, 0, ",%rcx,2") DI_TAP(M, 7, 4, ",%rcx,2") DI_TAP(M, 8, 8, ",%rcx,2")                   \
+  "add 48(%rdi),%r8\n\tadd 48(%rdi),%r9\n\tadd 48(%rdi),%r10\n\tadd 48(%rdi),%r11\n\t"
+// Columns: nine consecutive tap planes of rcx bytes per channel, in three row groups.
+#define DI_COLUMNS(M)                                                                               \
+  DI_TAPC(M, 0, "") DI_TAPC(M, 1, ",%rcx,1") DI_TAPC(M, 2, ",%rcx,2") DI_NEXT_ROWS                  \
+  DI_TAPC(M, 3, "") DI_TAPC(M, 4, ",%rcx,1") DI_TAPC(M, 5, ",%rcx,2") DI_NEXT_ROWS                  \
+  DI_TAPC(M, 6, "") DI_TAPC(M, 7, ",%rcx,1") DI_TAPC(M, 8, ",%rcx,2") DI_NEXT_ROWS
+
+DI_KERNEL(dyninfer_avx2_c3x3_m1x4, 1, DI_DIRECT)
+DI_KERNEL(dyninfer_avx2_c3x3_m2x4, 2, DI_DIRECT)
+DI_KERNEL(dyninfer_avx2_c3x3_m3x4, 3, DI_DIRECT)
+DI_KERNEL(dyninfer_avx2_col9_m1x4, 1, DI_COLUMNS)
+DI_KERNEL(dyninfer_avx2_col9_m2x4, 2, DI_COLUMNS)
+DI_KERNEL(dyninfer_avx2_col9_m3x4, 3, DI_COLUMNS)
 
 #endif

@@ -29,4 +29,9 @@ extern "C" {
 void dyninfer_avx2_c3x3_m1x4(const dyninfer::avx2::AsmArgs*);
 void dyninfer_avx2_c3x3_m2x4(const dyninfer::avx2::AsmArgs*);
 void dyninfer_avx2_c3x3_m3x4(const dyninfer::avx2::AsmArgs*);
+// 3x3 convs through the column buffer (strided): 9 tap planes of rs bytes per channel; cstride
+// holds 3*rs (one row group of taps), the channel step is 9*rs.
+void dyninfer_avx2_col9_m1x4(const dyninfer::avx2::AsmArgs*);
+void dyninfer_avx2_col9_m2x4(const dyninfer::avx2::AsmArgs*);
+void dyninfer_avx2_col9_m3x4(const dyninfer::avx2::AsmArgs*);
 }
