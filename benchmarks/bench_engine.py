@@ -92,6 +92,8 @@ def main() -> int:
     x0 = xs[0]
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} cpus; 1 thread; engine isa: {isa()}; torch {torch.__version__}")
+    if os.environ.get("DYNINFER_ISA_CAP"):
+        print(f"every library capped at {os.environ['DYNINFER_ISA_CAP']}")
     peak = fma_peak_gflops(100_000_000)
     peak_ymm = float(torch.ops.dyninfer.fma_peak(200_000_000, 8).item())
     print(f"single-core FMA peak: {peak:.1f} GFLOP/s at the engine's widest vector ({isa()}); "
@@ -203,6 +205,7 @@ def main() -> int:
     print("\nbars:", json.dumps(bars, indent=2))
     result = {
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": 1, "engine_isa": isa(),
+                    "isa_cap": os.environ.get("DYNINFER_ISA_CAP"),
                     "python": platform.python_version(), "torch": torch.__version__},
         "peak_gflops": peak, "peak_gflops_8wide": peak_ymm, "peak_gflops_next_to_layers": statistics.median(peaks), "runs": args.runs, "batch": 1,
         "fastest_dense_peer": fastest_peer, "rows": rows, "layers": layers, "bars": bars,

@@ -1,10 +1,36 @@
 // Python module dyninfer._C: importing it registers the dyninfer ops (TORCH_LIBRARY in ops.cpp).
 #include <torch/extension.h>
+#include <torch/script.h>
 
+#include "compiled_plan.h"
 #include "kernels/cpu_features.h"
+
+namespace {
+
+// engine(x) from Python: the plan's run, reached straight from pybind. A TorchScript method call
+// (plan.run(...)) goes through torch::jit::runAndInsertCall and the dispatcher op boxes its
+// arguments; this entry point costs a cast and a refcount (benchmarks/call_overhead.py compares
+// the three). The GIL is released while the kernels run, so Python threads sharing one engine
+// compute in parallel.
+std::tuple<at::Tensor, at::Tensor> run(const py::object& plan, const at::Tensor& x, bool return_path,
+                                       bool open_gates) {
+  c10::intrusive_ptr<dyninfer::CompiledPlan> p;
+  try {
+    p = c10::IValue(py::cast<torch::jit::Object>(plan)._ivalue()).toCustomClass<dyninfer::CompiledPlan>();
+  } catch (const std::exception&) {
+    throw py::type_error("dyninfer._C.run: expected a torch.classes.dyninfer.Plan, got " +
+                         std::string(py::str(py::type::of(plan))));
+  }
+  py::gil_scoped_release nogil;
+  return p->run(x, return_path, open_gates);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "dyninfer C++ runtime";
   m.def("isa", []() { return std::string(dyninfer::isa_name(dyninfer::detect_isa())); },
         "Instruction set the kernels dispatch to on this CPU");
+  m.def("run", &run, py::arg("plan"), py::arg("x"), py::arg("return_path") = false, py::arg("open_gates") = false,
+        "(logits, path) of a torch.classes.dyninfer.Plan on x, without TorchScript's method-call overhead");
 }

@@ -13,6 +13,7 @@
 
 #include "kernels/conv.h"
 #include "kernels/cpu_features.h"
+#include "compiled_plan.h"
 #include "kernels/plan.h"
 
 namespace dyninfer {
@@ -27,69 +28,59 @@ ParallelFor aten_parallel_for() {
 
 }  // namespace
 
-// A compiled network: plan descriptors, weights and the executable plan.
-struct CompiledPlan : torch::CustomClassHolder {
-  std::vector<int64_t> meta, ops;
-  std::vector<at::Tensor> weights;
-  std::vector<std::string> names;
-  std::unique_ptr<Plan> plan;
-
-  CompiledPlan(std::vector<int64_t> meta_, std::vector<int64_t> ops_, std::vector<at::Tensor> weights_,
-               std::vector<std::string> names_)
-      : meta(std::move(meta_)), ops(std::move(ops_)), names(std::move(names_)) {
-    std::vector<WeightRef> refs;
-    for (size_t i = 0; i < weights_.size(); ++i) {
-      const at::Tensor& w = weights_[i];
-      TORCH_CHECK_VALUE(w.device().is_cpu() && w.scalar_type() == at::kFloat,
-                        "dyninfer plan: weight ", i, " must be a float32 CPU tensor, got ", w.scalar_type(), " on ",
-                        w.device());
-      weights.push_back(w.detach().contiguous().clone());
-      refs.push_back({weights.back().data_ptr<float>(), weights.back().numel()});
-    }
-    try {
-      plan = std::make_unique<Plan>(meta, ops, std::move(refs), names, detect_isa());
-    } catch (const PlanError& e) {
-      TORCH_CHECK_VALUE(false, "dyninfer plan is invalid: ", e.what());
-    }
+CompiledPlan::CompiledPlan(std::vector<int64_t> meta_, std::vector<int64_t> ops_, std::vector<at::Tensor> weights_,
+                           std::vector<std::string> names_)
+    : meta(std::move(meta_)), ops(std::move(ops_)), names(std::move(names_)) {
+  std::vector<WeightRef> refs;
+  for (size_t i = 0; i < weights_.size(); ++i) {
+    const at::Tensor& w = weights_[i];
+    TORCH_CHECK_VALUE(w.device().is_cpu() && w.scalar_type() == at::kFloat,
+                      "dyninfer plan: weight ", i, " must be a float32 CPU tensor, got ", w.scalar_type(), " on ",
+                      w.device());
+    weights.push_back(w.detach().contiguous().clone());
+    refs.push_back({weights.back().data_ptr<float>(), weights.back().numel()});
   }
+  try {
+    plan = std::make_unique<Plan>(meta, ops, std::move(refs), names, detect_isa());
+  } catch (const PlanError& e) {
+    TORCH_CHECK_VALUE(false, "dyninfer plan is invalid: ", e.what());
+  }
+}
 
-  std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& x, bool return_path, bool open_gates) const {
-    const Buffer& in = plan->input_buffer();
-    TORCH_CHECK_VALUE(x.dim() == 4, "dyninfer engine: expected input of shape (B, ", in.C, ", ", in.H, ", ", in.W,
-                      "), got a ", x.dim(), "-d tensor of shape ", x.sizes());
-    TORCH_CHECK_VALUE(x.size(1) == in.C && x.size(2) == in.H && x.size(3) == in.W,
-                      "dyninfer engine: expected input of shape (B, ", in.C, ", ", in.H, ", ", in.W, "), got ",
-                      x.sizes());
-    TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "dyninfer engine: expected float32 input, got ", x.scalar_type());
-    TORCH_CHECK_VALUE(x.device().is_cpu(), "dyninfer engine: expected a CPU tensor, got one on ", x.device());
-    const at::Tensor xc = x.detach().contiguous();
-    {
-      // Non-finite inputs would propagate silently through the sparse kernels; refuse them.
-      // x*0 is 0 for finite x and NaN for NaN/Inf, so one vectorisable reduction tells.
-      const float* p = xc.data_ptr<float>();
-      const int64_t n = xc.numel();
-      float probe = 0.f;
+std::tuple<at::Tensor, at::Tensor> CompiledPlan::run(const at::Tensor& x, bool return_path, bool open_gates) const {
+  const Buffer& in = plan->input_buffer();
+  TORCH_CHECK_VALUE(x.dim() == 4, "dyninfer engine: expected input of shape (B, ", in.C, ", ", in.H, ", ", in.W,
+                    "), got a ", x.dim(), "-d tensor of shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(1) == in.C && x.size(2) == in.H && x.size(3) == in.W,
+                    "dyninfer engine: expected input of shape (B, ", in.C, ", ", in.H, ", ", in.W, "), got ",
+                    x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "dyninfer engine: expected float32 input, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "dyninfer engine: expected a CPU tensor, got one on ", x.device());
+  const at::Tensor xc = x.detach().contiguous();
+  {
+    // Non-finite inputs would propagate silently through the sparse kernels; refuse them.
+    // x*0 is 0 for finite x and NaN for NaN/Inf, so one vectorisable reduction tells.
+    const float* p = xc.data_ptr<float>();
+    const int64_t n = xc.numel();
+    float probe = 0.f;
 #pragma omp simd reduction(+ : probe)
-      for (int64_t i = 0; i < n; ++i) probe += p[i] * 0.f;
-      TORCH_CHECK_VALUE(probe == 0.f, "dyninfer engine: input contains NaN or Inf values");
-    }
-    const int64_t batch = xc.size(0);
-    at::Tensor out = at::empty({batch, plan->output_numel()}, xc.options());
-    at::Tensor path = at::empty({return_path ? batch : 0, plan->path_len()}, xc.options());
-    if (batch == 0) return {out, path};
-    try {
-      plan->run(xc.data_ptr<float>(), batch, out.data_ptr<float>(), return_path ? path.data_ptr<float>() : nullptr,
-                open_gates, aten_parallel_for());
-    } catch (const PlanError& e) {
-      TORCH_CHECK(false, "dyninfer engine: ", e.what());
-    } catch (const std::bad_alloc&) {
-      TORCH_CHECK(false, "dyninfer engine: out of memory for the workspace");
-    }
-    return {out, path};
+    for (int64_t i = 0; i < n; ++i) probe += p[i] * 0.f;
+    TORCH_CHECK_VALUE(probe == 0.f, "dyninfer engine: input contains NaN or Inf values");
   }
-
-  std::vector<double> op_times() const { return plan->op_times_ns(); }
-};
+  const int64_t batch = xc.size(0);
+  at::Tensor out = at::empty({batch, plan->output_numel()}, xc.options());
+  at::Tensor path = at::empty({return_path ? batch : 0, plan->path_len()}, xc.options());
+  if (batch == 0) return {out, path};
+  try {
+    plan->run(xc.data_ptr<float>(), batch, out.data_ptr<float>(), return_path ? path.data_ptr<float>() : nullptr,
+              open_gates, aten_parallel_for());
+  } catch (const PlanError& e) {
+    TORCH_CHECK(false, "dyninfer engine: ", e.what());
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK(false, "dyninfer engine: out of memory for the workspace");
+  }
+  return {out, path};
+}
 
 at::Tensor fma_peak(int64_t iters, int64_t width) {
   TORCH_CHECK_VALUE(iters > 0, "fma_peak: iters must be positive, got ", iters);

@@ -33,6 +33,8 @@ class CompiledModel:
 
     def __init__(self, spec: PlanSpec, gates: str, plan=None):
         load_extension()
+        from ._C import run
+        self._run = run
         self.spec = spec
         self.gates_mode = gates
         # plan: an already built Plan of this spec (dyninfer.load passes the archived one)
@@ -52,9 +54,9 @@ class CompiledModel:
     def __call__(self, x: torch.Tensor, return_path: bool = False):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"dyninfer engine: expected a torch.Tensor, got {type(x).__name__}")
-        # The plan's method directly: the same code as torch.ops.dyninfer.run without the
-        # dispatcher's boxing of the custom-class argument (~10 us per call).
-        logits, path = self.plan.run(x, return_path, self._open)
+        # dyninfer._C.run: the plan's run straight from pybind, GIL released; the same code as
+        # torch.ops.dyninfer.run and plan.run without TorchScript's call overhead (see module.cpp).
+        logits, path = self._run(self.plan, x, return_path, self._open)
         logits = logits.view(x.shape[0], *self.output_shape)
         return (logits, path) if return_path else logits
 

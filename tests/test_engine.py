@@ -371,3 +371,48 @@ def test_cli_compile_reports_bad_checkpoint(tmp_path, capsys):
     assert main(["compile", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "missing.safetensors" in err and "broken.safetensors" in err
+
+
+# ---- hand-allocated assembly tiles -------------------------------------------------------------
+
+def _avx2_engine(model, monkeypatch, asm: bool, **kw):
+    monkeypatch.setenv("DYNINFER_ISA", "avx2")
+    monkeypatch.setenv("DYNINFER_NO_ASM", "0" if asm else "1")
+    engine = dyninfer.compile(model, **kw)
+    if engine.isa != "avx2":
+        pytest.skip(f"this CPU has no AVX2 + FMA (engine isa: {engine.isa})")
+    return engine
+
+
+@pytest.mark.parametrize("gates", ["learned", "open"])
+def test_avx2_assembly_tiles_equal_intrinsics(monkeypatch, gates):
+    # Same sums in the same order: the assembly and intrinsics loops must agree bit for bit,
+    # over gated layers whose tiles hold 1, 2 and 3 output channels and any input subset.
+    model = randomize(dyninfer.create_model("resnet20"), seed=9)
+    x = torch.randn(3, 3, 32, 32)
+    a, pa = _avx2_engine(model, monkeypatch, True, gates=gates)(x, return_path=True)
+    b, pb = _avx2_engine(model, monkeypatch, False, gates=gates)(x, return_path=True)
+    assert torch.equal(pa, pb)
+    assert torch.equal(a, b)
+    if gates == "learned":
+        with torch.no_grad():
+            assert rel_err(a, model(x)) < 1e-4
+
+
+@settings(max_examples=30, deadline=None)
+@given(conv_case())
+def test_avx2_kernels_match_torch_on_channel_subsets(case):
+    # The AVX2 path (assembly 3x3 tiles) wherever this CPU has it, whatever the engine would pick.
+    # (hypothesis runs many examples per test call, so the variable is set by hand, not by
+    # the function-scoped monkeypatch fixture)
+    saved = os.environ.get("DYNINFER_ISA")
+    os.environ["DYNINFER_ISA"] = "avx2"
+    try:
+        model = subset_model(case["cin"], case["cmid"], case["cout"], case["k"], case["stride"], case["pad"],
+                             case["keep_mid"], case["keep_out"], case["seed"])
+        check_against_torch(model, torch.randn(2, 3, case["h"], case["w"]))
+    finally:
+        if saved is None:
+            del os.environ["DYNINFER_ISA"]
+        else:
+            os.environ["DYNINFER_ISA"] = saved

@@ -47,6 +47,7 @@ struct ConvCall {
   int g_begin = 0, g_end = 0;
   int vw = 8;  // pixels per output vector the offsets were built for (8: AVX2/portable, 16: AVX-512)
   bool stride2 = false;  // input vectors are every other pixel from the tap position (T::load_s2)
+  bool use_asm = true;   // hand-allocated tiles where the ISA has them (T::asm3x3)
 };
 
 // Pixels per output vector for a conv whose output rows are `out_w` wide: 16 on AVX-512 CPUs

@@ -4,6 +4,7 @@
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
+#include "conv_avx2_asm.h"
 #define DYNINFER_ISA_NS avx2
 #include "conv_impl.h"
 
@@ -16,10 +17,53 @@ struct T8 {
   static constexpr int kMaxM = 3;
   static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kInputsFirst = false;
-  static constexpr bool kHasDeinterleave = false;
-  static V even_lanes(const float*) { return zero(); }
-  static void even_lanes8(const float*, float*) {}
+  static constexpr bool kHasDeinterleave = false;  // no direct stride-2 kernel: im2col instead
+  static constexpr bool kEvenLanes = true;
+  // p[0], p[2], ..., p[14]: the stride-2 samples of 16 floats (the column buffer of stride-2
+  // convs), two loads and two shuffles.
+  static V even_lanes(const float* p) {
+    const __m256 t = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(t), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  static void even_lanes8(const float* p, float* d) { _mm256_storeu_ps(d, even_lanes(p)); }
   static V load_s2(const float*) { return zero(); }
+  // Full 3x3 tiles (4 vectors), direct stride-1 or through the column buffer (COLUMNS), run the
+  // hand-allocated kernels of conv_avx2_asm.cpp; plans built with DYNINFER_NO_ASM=1 run the
+  // intrinsics loop, which computes the same sums.
+  static constexpr bool kAsm3x3 = true;
+  template <int M, bool COLUMNS>
+  static bool asm3x3(const ConvCall& c, const float* const* wrow, const int64_t* voff, V (&acc)[M][4]) {
+    static_assert(M >= 1 && M <= 3, "AVX2 tiles have 1..3 output channels");
+    // 9 taps read in place (a direct 9x1 conv) are not consecutive tap planes: intrinsics loop.
+    if (COLUMNS && c.cstride != 9 * c.rs) return false;
+    if (c.n_in <= 0) {
+      for (int m = 0; m < M; ++m)
+        for (int j = 0; j < 4; ++j) acc[m][j] = zero();
+      return true;
+    }
+    alignas(32) float buf[4 * M * 8];
+    AsmArgs a;
+    a.in = c.in;
+    for (int j = 0; j < 4; ++j) a.off[j] = voff[j] * 4;
+    a.rs = c.rs * 4;
+    a.cstride = COLUMNS ? 3 * c.rs * 4 : c.cstride * 4;
+    a.in_real = c.in_real;
+    a.in_real_end = c.in_real + c.n_in;
+    for (int m = 0; m < 3; ++m) a.w[m] = wrow[m < M ? m : 0];
+    a.acc = buf;
+    if constexpr (COLUMNS) {
+      if constexpr (M == 1) dyninfer_avx2_col9_m1x4(&a);
+      else if constexpr (M == 2) dyninfer_avx2_col9_m2x4(&a);
+      else dyninfer_avx2_col9_m3x4(&a);
+    } else {
+      if constexpr (M == 1) dyninfer_avx2_c3x3_m1x4(&a);
+      else if constexpr (M == 2) dyninfer_avx2_c3x3_m2x4(&a);
+      else dyninfer_avx2_c3x3_m3x4(&a);
+    }
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < 4; ++j) acc[m][j] = _mm256_load_ps(buf + (4 * m + j) * 8);
+    return true;
+  }
   static void pin(V&) {}
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float x) { return _mm256_set1_ps(x); }

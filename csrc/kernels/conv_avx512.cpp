@@ -16,6 +16,7 @@ struct T16 {
   static constexpr int kMaxM = 8;
   static constexpr int kNV = 3;  // output vectors per register tile
   static constexpr bool kHasDeinterleave = true;
+  static constexpr bool kEvenLanes = true;
   // p[0], p[2], ..., p[30]: the stride-2 samples of 32 consecutive floats.
   static V even_lanes(const float* p) {
     const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -62,6 +63,7 @@ struct T8 {
   static constexpr int kMaxM = 6;
   static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kHasDeinterleave = true;
+  static constexpr bool kEvenLanes = true;
   static V load_s2(const float* p) {
     const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
     return _mm256_permutex2var_ps(_mm256_loadu_ps(p), idx, _mm256_loadu_ps(p + 8));

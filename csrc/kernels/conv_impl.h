@@ -10,16 +10,27 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "conv.h"
 
 namespace dyninfer {
 namespace DYNINFER_ISA_NS {
 
+// T::asm3x3<M>(call, weight rows, vector offsets, acc) when the ISA has hand-allocated 3x3
+// stride-1 register tiles of T::kNV vectors (conv_avx2_asm.cpp).
+template <class T, class = void>
+struct HasAsm3x3 : std::false_type {};
+template <class T>
+struct HasAsm3x3<T, std::void_t<decltype(T::kAsm3x3)>> : std::bool_constant<T::kAsm3x3> {};
+
 template <class T, int M, int NV, int KH, int KW, bool S2>
 __attribute__((always_inline)) static inline void micro(const ConvCall& c, const float* const* wrow,
                                                       const int64_t* voff, typename T::V (&acc)[M][NV]) {
   using V = typename T::V;
+  if constexpr (HasAsm3x3<T>::value && NV == T::kNV && !S2 && ((KH == 3 && KW == 3) || (KH == 9 && KW == 1))) {
+    if (c.use_asm && T::template asm3x3<M, KH == 9>(c, wrow, voff, acc)) return;
+  }
   for (int m = 0; m < M; ++m)
     for (int j = 0; j < NV; ++j) acc[m][j] = T::zero();
   const int kh = KH > 0 ? KH : c.kh;
@@ -198,7 +209,7 @@ static void im2col(const Im2colCall& a) {
             const float* __restrict s = src + iy * a.wp + x0;
             if (a.sw == 2) {
               int x = 0;
-              if constexpr (T::kHasDeinterleave) {
+              if constexpr (T::kEvenLanes) {
                 for (; x + T::W <= a.wo; x += T::W) T::storeu(d + x, T::even_lanes(s + 2 * x));
                 for (; x + 8 <= a.wo; x += 8) T::even_lanes8(s + 2 * x, d + x);
               }

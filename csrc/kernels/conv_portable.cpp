@@ -17,6 +17,7 @@ struct S8 {
   static constexpr int kNV = 4;  // output vectors per register tile
   static constexpr bool kInputsFirst = false;
   static constexpr bool kHasDeinterleave = false;
+  static constexpr bool kEvenLanes = false;
   static V even_lanes(const float*) { return zero(); }
   static void even_lanes8(const float*, float*) {}
   static V load_s2(const float*) { return zero(); }

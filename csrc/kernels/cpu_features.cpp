@@ -24,6 +24,11 @@ Isa detect_isa() {
   return Isa::kPortable;
 }
 
+bool asm_kernels_enabled() {
+  const char* e = std::getenv("DYNINFER_NO_ASM");
+  return !(e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0);
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return "avx512";

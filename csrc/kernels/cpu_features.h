@@ -8,5 +8,8 @@ enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
 // Best instruction set this CPU supports among those compiled in.
 Isa detect_isa();
 const char* isa_name(Isa isa);
+// False when DYNINFER_NO_ASM=1: plans built afterwards run the intrinsics loops instead of the
+// hand-allocated assembly tiles (same sums; tests compare the two).
+bool asm_kernels_enabled();
 
 }  // namespace dyninfer

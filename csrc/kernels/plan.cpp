@@ -72,7 +72,7 @@ struct Workspace {
 
 Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, std::vector<WeightRef> weights,
            std::vector<std::string> names, Isa isa)
-    : weights_(std::move(weights)), isa_(isa) {
+    : weights_(std::move(weights)), isa_(isa), asm_(asm_kernels_enabled()) {
   size_t p = 0;
   auto next = [&](const char* what) -> int64_t {
     if (p >= meta.size()) throw PlanError(std::string("plan meta truncated while reading ") + what);
@@ -683,6 +683,7 @@ struct Executor {
     call.group_size = ws.group_size.data();
     call.vw = c.vw;
     call.stride2 = c.stride2;
+    call.use_asm = P.asm_;
     if (c.direct) {
       call.in = ws.buf_data[c.in];
       call.cstride = bi.plane;

@@ -172,6 +172,7 @@ class Plan {
   int64_t col_floats_ = 0;
   int max_channels_ = 0;
   Isa isa_;
+  bool asm_ = true;  // asm_kernels_enabled() when the plan was built
 
   mutable std::mutex pool_mu_;
   mutable std::vector<std::unique_ptr<Workspace>> pool_;
