@@ -117,6 +117,18 @@ def test_empty_and_full_subsets_give_defined_output(keep_out):
     check_against_torch(model, x)
 
 
+@pytest.mark.parametrize("h,w,stride,keep", [(8, 8, 1, "random"), (7, 8, 1, "random"), (9, 8, 1, "full"),
+                                              (16, 16, 2, "random"), (15, 16, 2, "full"), (13, 15, 2, "random")])
+def test_eight_pixel_rows(h, w, stride, keep):
+    # Output rows of 8 pixels: on AVX-512 two rows share one 16-lane vector (row pairs), the
+    # second masked off when the row count is odd; stride 2 deinterleaves two input rows.
+    g = torch.Generator().manual_seed(h * 31 + w)
+    keep_mid = torch.rand(11, generator=g) < 0.6 if keep == "random" else torch.ones(11, dtype=torch.bool)
+    keep_out = torch.rand(13, generator=g) < 0.6 if keep == "random" else torch.ones(13, dtype=torch.bool)
+    model = subset_model(5, 11, 13, 3, stride, 1, keep_mid, keep_out, seed=h + w)
+    check_against_torch(model, torch.randn(3, 3, h, w))
+
+
 # ---- whole models ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", dyninfer.list_models())

@@ -48,14 +48,20 @@ struct ConvCall {
   int vw = 8;  // pixels per output vector the offsets were built for (8: AVX2/portable, 16: AVX-512)
   bool stride2 = false;  // input vectors are every other pixel from the tap position (T::load_s2)
   bool use_asm = true;   // hand-allocated tiles where the ISA has them (T::asm3x3)
+  // Row pairs (AVX-512, 8-pixel output rows, stride 1): vector v reads input rows at in_off[v]
+  // and in_off[v] + rs; its lanes 0-7 go to out_off[v] / res_off[v], lanes 8-15 (the next output
+  // row) to out_off2[v] / res_off2[v].
+  bool pairs = false;
+  const int64_t* out_off2 = nullptr;
+  const int64_t* res_off2 = nullptr;
 };
 
 // Pixels per output vector for a conv whose output rows are `out_w` wide: 16 on AVX-512 CPUs
 // when rows are wider than 8 pixels, else 8.
 int conv_vector_width(Isa isa, int out_w);
 // Largest output-channel group a kernel tile takes: 3 with 16 vector registers (4 vectors per
-// tile), 6 (ymm, 4 vectors) or 8 (zmm, 3 vectors) with 32.
-int conv_max_group(Isa isa, int vw);
+// tile), 6 (ymm, 4 vectors) or 8 (zmm, 3 vectors) with 32; 6 for zmm row pairs (4 vectors).
+int conv_max_group(Isa isa, int vw, bool pairs = false);
 // Split n computed channels into ceil(n / max_group) groups of near-equal size (so no lone
 // channel runs at a fraction of the FMA throughput); returns the number of groups.
 int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size);

@@ -56,6 +56,38 @@ struct T16 {
   }
 };
 
+// Row pairs: 16-lane vectors holding two 8-pixel output rows, read as two 8-float rows of the
+// padded input (one insert per vector) so no lane is wasted (flat vectors over 10-wide padded
+// rows use 80% of them). Tiles of 6 channels x 4 vectors: 24 accumulators, 4 inputs, 1 broadcast.
+struct T16P : T16 {
+  static constexpr int kMaxM = 6;
+  static constexpr int kNV = 4;
+  static constexpr bool kPairs = true;
+  static V load_pair(const float* p, int64_t rs) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p)), _mm256_loadu_ps(p + rs), 1);
+  }
+  // Stride 2: the even samples of input rows p and p + 2 rs (output rows y, y + 1), one permute.
+  static V load_pair_s2(const float* p, int64_t rs) {
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(p), idx, _mm512_loadu_ps(p + 2 * rs));
+  }
+  // lanes 0-7 from lo, 8-15 from hi, masked by m (masked-off lanes read nothing)
+  static V load_pair2(const float* lo, const float* hi, uint32_t m) {
+    const __m256 a = _mm256_maskz_loadu_ps(static_cast<__mmask8>(m & 0xFFu), lo);
+    const __m256 b = _mm256_maskz_loadu_ps(static_cast<__mmask8>(m >> 8), hi);
+    return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1);
+  }
+  static void store_pair(float* lo, float* hi, V v, uint32_t m) {
+    if (m == kFull) {
+      _mm256_storeu_ps(lo, _mm512_castps512_ps256(v));
+      _mm256_storeu_ps(hi, _mm512_extractf32x8_ps(v, 1));
+    } else {
+      _mm256_mask_storeu_ps(lo, static_cast<__mmask8>(m & 0xFFu), _mm512_castps512_ps256(v));
+      _mm256_mask_storeu_ps(hi, static_cast<__mmask8>(m >> 8), _mm512_extractf32x8_ps(v, 1));
+    }
+  }
+};
+
 // 8-pixel vectors with AVX-512VL encodings: 32 ymm registers allow the 6-channel tiles.
 struct T8 {
   using V = __m256;
@@ -118,7 +150,8 @@ static inline void clean_upper_state() {
 
 // Every entry point leaves the upper register state clean for the SSE glue code around it.
 static void conv_avx512(const ConvCall& call) {
-  if (call.vw == 16) avx512::run<avx512::T16>(call);
+  if (call.pairs) avx512::run<avx512::T16P>(call);
+  else if (call.vw == 16) avx512::run<avx512::T16>(call);
   else avx512::run<avx512::T8>(call);
   clean_upper_state();
 }

@@ -5,9 +5,9 @@ namespace dyninfer {
 
 int conv_vector_width(Isa isa, int out_w) { return (isa == Isa::kAvx512 && out_w > 8) ? 16 : 8; }
 
-int conv_max_group(Isa isa, int vw) {
+int conv_max_group(Isa isa, int vw, bool pairs) {
   if (isa != Isa::kAvx512) return 3;
-  return vw == 16 ? 8 : 6;
+  return vw == 16 && !pairs ? 8 : 6;
 }
 
 int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size) {

@@ -24,6 +24,12 @@ struct HasAsm3x3 : std::false_type {};
 template <class T>
 struct HasAsm3x3<T, std::void_t<decltype(T::kAsm3x3)>> : std::bool_constant<T::kAsm3x3> {};
 
+// T::kPairs: 16-lane vectors of two 8-pixel rows (T::load_pair / T::store_pair; conv_avx512.cpp).
+template <class T, class = void>
+struct IsPairs : std::false_type {};
+template <class T>
+struct IsPairs<T, std::void_t<decltype(T::kPairs)>> : std::bool_constant<T::kPairs> {};
+
 template <class T, int M, int NV, int KH, int KW, bool S2>
 __attribute__((always_inline)) static inline void micro(const ConvCall& c, const float* const* wrow,
                                                       const int64_t* voff, typename T::V (&acc)[M][NV]) {
@@ -53,8 +59,12 @@ __attribute__((always_inline)) static inline void micro(const ConvCall& c, const
           // compiler does not fold it into every FMA as a {1toN} memory operand: that would be
           // M*NV loads per step instead of M + NV).
           V a[NV];
-          if constexpr (S2) {
+          if constexpr (S2 && IsPairs<T>::value) {
+            for (int j = 0; j < NV; ++j) a[j] = T::load_pair_s2(row + vo[j] + kx, rs);
+          } else if constexpr (S2) {
             for (int j = 0; j < NV; ++j) a[j] = T::load_s2(row + vo[j] + kx);
+          } else if constexpr (IsPairs<T>::value) {
+            for (int j = 0; j < NV; ++j) a[j] = T::load_pair(row + vo[j] + kx, rs);
           } else {
             for (int j = 0; j < NV; ++j) a[j] = T::load(row + vo[j] + kx);
           }
@@ -96,6 +106,15 @@ static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
       const int v = v0 + j;
       typename T::V x = T::add(acc[m][j], bias);
       const uint32_t lanes = c.lanes[v];
+      if constexpr (IsPairs<T>::value) {
+        // Two output rows per vector: lanes 0-7 to out_off, 8-15 to out_off2 (the second row
+        // is masked off when the plane has an odd number of rows).
+        if (rp) x = T::add(x, T::load_pair2(rp + c.res_off[v], rp + c.res_off2[v], lanes));
+        if (c.relu) x = T::max(x, T::zero());
+        T::store_pair(op + c.out_off[v], op + c.out_off2[v], x, lanes);
+        s = T::add(s, lanes == T::kFull ? x : T::keep_m(x, lanes));
+        continue;
+      }
       const bool full = lanes == T::kFull;
       if (rp) x = T::add(x, full ? T::load(rp + c.res_off[v]) : T::load_m(rp + c.res_off[v], lanes));
       if (c.relu) x = T::max(x, T::zero());

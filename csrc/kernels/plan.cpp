@@ -342,6 +342,27 @@ void Plan::build_conv_vectors(ConvOp& c) {
   const Buffer &bi = buffers_[c.in], &bo = buffers_[c.out];
   const int ho = bo.H, wo = bo.W;
   const Buffer* br = c.res >= 0 ? &buffers_[c.res] : nullptr;
+  // Row pairs (AVX-512, direct convs with 8-pixel output rows): a 16-lane vector is two whole
+  // output rows, its input two 8-float row segments joined by one insert (stride 2: the even
+  // samples of two 16-float rows, one permute); every lane is a real pixel (flat mode over the
+  // 10-wide padded rows of such planes uses 80% of them, 8-lane vectors half the FMA width).
+  if (isa_ == Isa::kAvx512 && c.direct && wo == 8) {
+    c.pairs = true;
+    c.vw = 16;
+    c.col_rows = 0;
+    for (int y = 0; y < ho; y += 2) {
+      const int y2 = y + 1 < ho ? y + 1 : y;  // odd row count: lanes 8-15 masked off
+      c.in_off.push_back(static_cast<int64_t>((c.stride2 ? 2 * y : y) + bi.B - c.ph) * bi.Wp + (bi.B - c.pw));
+      c.out_off.push_back(static_cast<int64_t>(y + bo.B) * bo.Wp + bo.B);
+      c.out_off2.push_back(static_cast<int64_t>(y2 + bo.B) * bo.Wp + bo.B);
+      if (br) {
+        c.res_off.push_back(static_cast<int64_t>(y + br->B) * br->Wp + br->B);
+        c.res_off2.push_back(static_cast<int64_t>(y2 + br->B) * br->Wp + br->B);
+      }
+      c.lanes.push_back(y + 1 < ho ? 0xFFFFu : 0xFFu);
+    }
+    return;
+  }
   int vw = conv_vector_width(isa_, wo);
   // Lane utilisation relative to the widest vector: row mode wastes the tail of each row;
   // "flat" mode (AVX-512, stride-1 direct convs whose input, output and residual planes share the
@@ -661,7 +682,8 @@ struct Executor {
     ws.sums_valid[c.out] = 1;
     if (nk == 0) return;
     // Channel groups of near-equal size up to the kernel's register-tile height.
-    const int ng = conv_make_groups(nk, conv_max_group(P.isa_, c.vw), ws.group_start.data(), ws.group_size.data());
+    const int ng =
+        conv_make_groups(nk, conv_max_group(P.isa_, c.vw, c.pairs), ws.group_start.data(), ws.group_size.data());
     ConvCall call;
     call.n_in = n_in;
     call.in_real = in_act.data();
@@ -684,6 +706,11 @@ struct Executor {
     call.vw = c.vw;
     call.stride2 = c.stride2;
     call.use_asm = P.asm_;
+    call.pairs = c.pairs;
+    if (c.pairs) {
+      call.out_off2 = c.out_off2.data();
+      call.res_off2 = c.res >= 0 ? c.res_off2.data() : nullptr;
+    }
     if (c.direct) {
       call.in = ws.buf_data[c.in];
       call.cstride = bi.plane;
