@@ -21,6 +21,8 @@ test: install
 # Regenerates every benchmark figure and plot in the README (about 5 minutes on 2 cores).
 bench: install
 	$(PY) benchmarks/bench_engine.py --runs 300
+	$(PY) benchmarks/isa_cap.py avx2 benchmarks/bench_engine.py --runs 300 --out benchmarks/results/engine_avx2cap.json \
+		|| echo "AVX2-capped engine benchmark skipped (no CPUID faulting on this machine)"
 	$(PY) -m dyninfer.cli bench --checkpoint dyninfer/assets/resnet56_digits_r05.safetensors \
 		--batch-sizes 1 8 --threads 1 2 --runs 200 --out benchmarks/results/bench_resnet56.json \
 		--plots benchmarks/results --no-progress
