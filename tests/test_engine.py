@@ -129,6 +129,21 @@ def test_eight_pixel_rows(h, w, stride, keep):
     check_against_torch(model, torch.randn(3, 3, h, w))
 
 
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("k,stride,pad,ceil", [(3, 1, 1, False), (3, 2, 1, False), (2, 2, 0, False),
+                                               (3, 2, 0, True), (2, 2, 1, True), (3, 3, 1, False)])
+def test_max_pooling(k, stride, pad, ceil, relu):
+    # After a ReLU the runtime pools with vector loads over zero-bordered planes (stride 1 or 2);
+    # otherwise, and for other strides, with its per-pixel loop. Both must equal PyTorch.
+    torch.manual_seed(k * 7 + stride)
+    layers = [nn.Conv2d(3, 6, 3, 1, 1), nn.BatchNorm2d(6)] + ([nn.ReLU()] if relu else [])
+    layers += [nn.MaxPool2d(k, stride, pad, ceil_mode=ceil), nn.Conv2d(6, 5, 3, 1, 1), nn.BatchNorm2d(5),
+               nn.ReLU(), nn.Conv2d(5, 4, 1), nn.Flatten()]
+    model = randomize(dyninfer.decouple(nn.Sequential(*layers)), seed=k + stride)
+    for h, w in [(19, 21), (16, 16), (9, 7)]:
+        check_against_torch(model, torch.randn(2, 3, h, w))
+
+
 # ---- whole models ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", dyninfer.list_models())

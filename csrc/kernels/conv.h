@@ -81,6 +81,19 @@ struct Im2colCall {
 };
 void conv_im2col(Isa isa, const Im2colCall& a);
 
+// Max pooling of n compact channel planes whose values are all >= 0, read in place from planes
+// whose zero border covers the padding (so padded taps, 0, never exceed the window's max and the
+// result equals max over real pixels). in / out: interior of channel 0; planes cstride apart,
+// rows wp apart. Stride 1, or 2 where the ISA deinterleaves (else returns false: caller's loop).
+struct PoolCall {
+  const float* in = nullptr;
+  int64_t in_cstride = 0, in_wp = 0;
+  float* out = nullptr;
+  int64_t out_cstride = 0, out_wp = 0;
+  int n = 0, kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, ho = 0, wo = 0;
+};
+bool pool_max_nonneg(Isa isa, const PoolCall& p);
+
 // Vectorised helpers of the runtime, dispatched like the kernels.
 // dst = relu?(src) over an h x w plane (row strides src_wp / dst_wp); returns the sum stored.
 float plane_copy(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w, bool relu);
@@ -96,6 +109,7 @@ struct KernelTable {
   float (*plane_copy)(const float*, int64_t, float*, int64_t, int, int, bool);
   void (*gemv)(const float*, const float*, const int32_t*, int, const float*, float*, int, bool);
   double (*fma_peak)(int64_t);  // FLOPs executed by the peak probe
+  bool (*pool_max_nonneg)(const PoolCall&);
 };
 // nullptr where the ISA's kernels are not compiled in (non-x86 builds).
 const KernelTable* kernels_portable();

@@ -169,6 +169,11 @@ static void gemv_avx512(const float* w, const float* x, const int32_t* idx, int 
   avx512::gemv<avx512::T16>(w, x, idx, nk, b, y, rows, relu);
   clean_upper_state();
 }
+static bool pool_max_avx512(const PoolCall& p) {
+  const bool done = avx512::pool_max_nonneg<avx512::T16>(p);
+  clean_upper_state();
+  return done;
+}
 static double peak_avx512(int64_t iters) {
   const double f = avx512::peak<avx512::T16>(iters);
   clean_upper_state();
@@ -176,7 +181,8 @@ static double peak_avx512(int64_t iters) {
 }
 
 const KernelTable* kernels_avx512() {
-  static const KernelTable table{&conv_avx512, &im2col_avx512, &plane_copy_avx512, &gemv_avx512, &peak_avx512};
+  static const KernelTable table{&conv_avx512, &im2col_avx512, &plane_copy_avx512,
+                                 &gemv_avx512, &peak_avx512,   &pool_max_avx512};
   return &table;
 }
 

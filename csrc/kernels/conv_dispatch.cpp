@@ -47,6 +47,8 @@ void gemv(Isa isa, const float* w, const float* x, const int32_t* idx, int nk, c
 
 double fma_peak_probe(Isa isa, int64_t iters) { return table(isa).fma_peak(iters); }
 
+bool pool_max_nonneg(Isa isa, const PoolCall& p) { return table(isa).pool_max_nonneg(p); }
+
 double fma_peak_probe_width(int width, int64_t iters) {
   const Isa isa = detect_isa();
   if (width == 16) return isa == Isa::kAvx512 ? table(Isa::kAvx512).fma_peak(iters) : 0.0;

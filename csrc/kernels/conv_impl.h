@@ -251,6 +251,34 @@ static void im2col(const Im2colCall& a) {
   }
 }
 
+// Max pooling over zero-bordered planes of values >= 0 (see PoolCall): T::W output pixels per
+// vector, the window's taps as (stride-2: deinterleaved) loads, a masked store for row tails.
+template <class T>
+static bool pool_max_nonneg(const PoolCall& p) {
+  if (p.sw != 1 && !(p.sw == 2 && T::kEvenLanes)) return false;
+  for (int c = 0; c < p.n; ++c) {
+    const float* src = p.in + c * p.in_cstride;
+    float* dst = p.out + c * p.out_cstride;
+    for (int y = 0; y < p.ho; ++y) {
+      const float* r0 = src + static_cast<int64_t>(y * p.sh - p.ph) * p.in_wp - p.pw;
+      float* d = dst + y * p.out_wp;
+      for (int x = 0; x < p.wo; x += T::W) {
+        const float* q = r0 + static_cast<int64_t>(x) * p.sw;
+        typename T::V m = T::zero();  // every value is >= 0
+        for (int ky = 0; ky < p.kh; ++ky)
+          for (int kx = 0; kx < p.kw; ++kx) {
+            const float* t = q + ky * p.in_wp + kx;
+            m = T::max(m, p.sw == 1 ? T::load(t) : T::even_lanes(t));
+          }
+        const int n = p.wo - x < T::W ? p.wo - x : T::W;
+        if (n == T::W) T::storeu(d + x, m);
+        else T::store_m(d + x, m, static_cast<uint32_t>((1ull << n) - 1ull));
+      }
+    }
+  }
+  return true;
+}
+
 // dst (h x w, row stride dst_wp) = relu?(src (row stride src_wp)); returns the sum of what was
 // stored (the per-channel sum the next gate's GAP needs).
 template <class T>

@@ -775,6 +775,28 @@ struct Executor {
     ws.active[p.out] = ws.active[p.in];
     ws.sums_valid[p.out] = 0;
     const int n = static_cast<int>(ws.active[p.in].size());
+    // Max pooling of values >= 0 (ReLU outputs) whose windows stay inside the zero border:
+    // vector kernels, exact (a padded 0 never exceeds the window's max).
+    if (p.max && bi.nonneg && p.ph <= bi.B && p.pw <= bi.B && (bo.H - 1) * p.sh - p.ph + p.kh <= bi.H + bi.B &&
+        (bo.W - 1) * p.sw - p.pw + p.kw <= bi.W + bi.B) {
+      PoolCall pc;
+      pc.in = interior(p.in, 0);
+      pc.in_cstride = bi.plane;
+      pc.in_wp = bi.Wp;
+      pc.out = interior(p.out, 0);
+      pc.out_cstride = bo.plane;
+      pc.out_wp = bo.Wp;
+      pc.n = n;
+      pc.kh = p.kh;
+      pc.kw = p.kw;
+      pc.sh = p.sh;
+      pc.sw = p.sw;
+      pc.ph = p.ph;
+      pc.pw = p.pw;
+      pc.ho = bo.H;
+      pc.wo = bo.W;
+      if (pool_max_nonneg(P.isa_, pc)) return;
+    }
     for (int ci = 0; ci < n; ++ci) {
       const float* src = interior(p.in, ci);
       float* dst = interior(p.out, ci);

@@ -243,6 +243,11 @@ class _Builder:
             kh, kw = _pair(m.kernel_size)
             sh, sw = _pair(m.stride if m.stride is not None else m.kernel_size)
             ph, pw = _pair(m.padding)
+            # A zero border covering the padding (and a ceil_mode overhang) lets the runtime pool
+            # values >= 0 with vector loads in place: a padded 0 never exceeds the window's max.
+            over = max(ph, pw, (bo.H - 1) * sh - ph + kh - bi.H, (bo.W - 1) * sw - pw + kw - bi.W)
+            if over <= 3:
+                self.direct_pad[x] = max(self.direct_pad.get(x, 0), over)
             self.emit(MAXPOOL, [x, out, kh, kw, sh, sw, ph, pw], [x], out)
         elif isinstance(m, nn.AvgPool2d):
             kh, kw = _pair(m.kernel_size)
