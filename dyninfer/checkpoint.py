@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
+
+from ._io import atomic_write_bytes
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "read_metadata", "model_spec", "weights_sha256",
            "CheckpointError", "FORMAT_VERSION", "SUFFIX"]
@@ -109,28 +110,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, Ten
                 "sha256": weights_sha256(tensors)}
     except TypeError as exc:
         raise CheckpointError(f"{out}: config/metrics must be JSON-serialisable: {exc}") from exc
-    blob = save(tensors, metadata=meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write_bytes(out, save(tensors, metadata=meta))
     return out
 
 

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ._ext import load_extension
+from ._io import default_mode, fsync_dir
 
 __all__ = ["save", "load", "load_module", "read_metadata", "script_engine", "plan_digest", "EngineModule",
            "ArtefactError", "FORMAT", "FORMAT_VERSION", "META_FILE"]
@@ -183,9 +184,7 @@ def _write(path: Path, module: torch.jit.ScriptModule, meta: dict[str, Any]) -> 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.jit.save. is deprecated", category=DeprecationWarning)
             torch.jit.save(module, tmp, _extra_files={META_FILE: json.dumps(meta, sort_keys=True, indent=1)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, default_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -193,11 +192,7 @@ def _write(path: Path, module: torch.jit.ScriptModule, meta: dict[str, Any]) -> 
         if os.path.exists(tmp):
             os.unlink(tmp)
         os.rmdir(tmp_dir)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
     return path
 
 

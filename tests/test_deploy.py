@@ -1,7 +1,6 @@
 """Deployment artefact (dyninfer.deploy): round trips that keep logits and paths bit-identical,
 corrupt / truncated / mismatched files, atomic writes, TorchScript in a fresh process,
 concurrent callers and memory over 10,000 calls."""
-import json
 import os
 import struct
 import subprocess
@@ -18,24 +17,11 @@ import torch
 from torch import nn
 
 import dyninfer
-from dyninfer import ArchitectureControl
 from dyninfer.deploy import ArtefactError, FORMAT_VERSION, META_FILE
 
+from _models import randomize
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and input-dependent gates that keep about half of the channels."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-        if isinstance(m, ArchitectureControl):
-            m.fc1.weight.data.copy_(torch.randn(m.fc1.weight.shape, generator=g))
-            m.fc2.weight.data.copy_(torch.randn(m.fc2.weight.shape, generator=g))
-            m.fc2.bias.data.copy_(torch.randn(m.fc2.bias.shape, generator=g) * 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -10,27 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import dyninfer
-from dyninfer import ArchitectureControl
+
+from _models import randomize
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "examples_cpp"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-        if isinstance(m, ArchitectureControl):
-            m.fc1.weight.data.copy_(torch.randn(m.fc1.weight.shape, generator=g))
-            m.fc2.weight.data.copy_(torch.randn(m.fc2.weight.shape, generator=g))
-            m.fc2.bias.data.copy_(torch.randn(m.fc2.bias.shape, generator=g) * 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +42,7 @@ def _run(exe: Path, *args) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("gates", ["learned", "open"])
 def test_cpp_matches_python(runner, tmp_path, gates):
-    engine = dyninfer.compile(_randomize(dyninfer.create_model("resnet20"), seed=11), gates=gates)
+    engine = dyninfer.compile(randomize(dyninfer.create_model("resnet20"), seed=11), gates=gates)
     art = engine.save(tmp_path / "m.dyninfer")
     x = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     x.numpy().astype("<f4").tofile(tmp_path / "x.f32")
@@ -78,7 +65,7 @@ def test_cpp_matches_python(runner, tmp_path, gates):
 def test_cpp_rejects_bad_artefacts_and_inputs(runner, tmp_path):
     from test_deploy import _flip, _rewrite
 
-    engine = dyninfer.compile(_randomize(dyninfer.create_model("resnet20"), seed=12))
+    engine = dyninfer.compile(randomize(dyninfer.create_model("resnet20"), seed=12))
     good = engine.save(tmp_path / "good.dyninfer")
     _flip(good, tmp_path / "sha.dyninfer", fix_crc=True)
     (tmp_path / "trunc.dyninfer").write_bytes(good.read_bytes()[:5000])

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -31,6 +30,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .._io import atomic_write_bytes
 
 __all__ = ["PathSet", "PathFileError", "collect_paths", "collect_activations", "activation_thresholds", "binarize",
            "save_paths", "load_paths", "stack_dataset", "FORMAT_VERSION"]
@@ -227,29 +228,6 @@ def binarize(acts: Tensor, thresholds: Tensor) -> Tensor:
 # file format
 
 
-def _atomic_write(out: Path, blob: bytes) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def save_paths(path: str | os.PathLike, ps: PathSet) -> Path:
     """Write ``ps`` to ``path`` (bits packed 8 per byte) atomically; returns the path."""
     from safetensors.torch import save
@@ -265,7 +243,7 @@ def save_paths(path: str | os.PathLike, ps: PathSet) -> Path:
                 "source": ps.source, "meta": json.dumps(ps.meta, sort_keys=True), "sha256": weights_sha256(tensors)}
     except TypeError as exc:
         raise PathFileError(f"{out}: PathSet.meta must be JSON-serialisable: {exc}") from exc
-    _atomic_write(out, save(tensors, metadata=meta))
+    atomic_write_bytes(out, save(tensors, metadata=meta))
     return out
 
 

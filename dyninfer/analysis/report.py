@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .adversarial import CLASSIFIERS, detection_table, fgsm, pgd
 from .embedding import embed_tsne, knn_class_accuracy, plot_embeddings
 from .occlusion import Region, filter_receptive_fields, occlude, occlusion_effect, plot_occlusion
-from .paths import (PathSet, activation_thresholds, binarize, collect_activations, collect_paths, save_paths,
+from .paths import (activation_thresholds, binarize, collect_activations, collect_paths, save_paths,
                     stack_dataset)
 from .states import filter_states, plot_filter_states
 
