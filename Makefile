@@ -29,7 +29,7 @@ bench: install
 	$(PY) benchmarks/scaling.py
 
 # Regenerates the README's "Interpreting calculation paths" figures and report
-# (benchmarks/results/analysis/; 6 min 44 s measured on the 2-core machine under a load average of 5-7).
+# (benchmarks/results/analysis/; about 1 minute on the 2-core machine when quiet).
 analyze: install
 	$(PY) -m dyninfer.cli analyze --out-dir benchmarks/results/analysis
 
