@@ -48,9 +48,9 @@ struct ConvCall {
   int vw = 8;  // pixels per output vector the offsets were built for (8: AVX2/portable, 16: AVX-512)
   bool stride2 = false;  // input vectors are every other pixel from the tap position (T::load_s2)
   bool use_asm = true;   // hand-allocated tiles where the ISA has them (T::asm3x3)
-  // Row pairs (AVX-512, 8-pixel output rows, stride 1): vector v reads input rows at in_off[v]
-  // and in_off[v] + rs; its lanes 0-7 go to out_off[v] / res_off[v], lanes 8-15 (the next output
-  // row) to out_off2[v] / res_off2[v].
+  // Row pairs (AVX-512, 8-pixel output rows): vector v reads input rows at in_off[v] and
+  // in_off[v] + rs (stride 2: + 2 rs); its lanes 0-7 go to out_off[v] / res_off[v], lanes 8-15
+  // (the next output row) to out_off2[v] / res_off2[v].
   bool pairs = false;
   const int64_t* out_off2 = nullptr;
   const int64_t* res_off2 = nullptr;

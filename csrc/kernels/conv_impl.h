@@ -17,8 +17,9 @@
 namespace dyninfer {
 namespace DYNINFER_ISA_NS {
 
-// T::asm3x3<M>(call, weight rows, vector offsets, acc) when the ISA has hand-allocated 3x3
-// stride-1 register tiles of T::kNV vectors (conv_avx2_asm.cpp).
+// T::asm3x3<M, COLUMNS>(call, weight rows, vector offsets, acc) when the ISA has hand-allocated
+// register tiles of T::kNV vectors for 3x3 convs, direct stride-1 or over the 9 tap planes of the
+// column buffer (conv_avx2_asm.cpp); it returns false where it does not apply.
 template <class T, class = void>
 struct HasAsm3x3 : std::false_type {};
 template <class T>
