@@ -97,6 +97,9 @@ bool pool_max_nonneg(Isa isa, const PoolCall& p);
 // Vectorised helpers of the runtime, dispatched like the kernels.
 // dst = relu?(src) over an h x w plane (row strides src_wp / dst_wp); returns the sum stored.
 float plane_copy(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w, bool relu);
+// dst (h x w, row stride dst_wp) = every other pixel of every other row of src (row stride
+// src_wp): the option-A shortcut's subsampling. Returns false where the ISA cannot deinterleave.
+bool subsample2(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w);
 // y[0:rows] = relu?(b + Σ_k x[k] · wt[k][0:rows]) for k in idx[0:nk] (k < nk if idx is null);
 // wt is the FC weight transposed (cols x rows); b may be null.
 void gemv(Isa isa, const float* wt, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows,
@@ -110,6 +113,7 @@ struct KernelTable {
   void (*gemv)(const float*, const float*, const int32_t*, int, const float*, float*, int, bool);
   double (*fma_peak)(int64_t);  // FLOPs executed by the peak probe
   bool (*pool_max_nonneg)(const PoolCall&);
+  bool (*subsample2)(const float*, int64_t, float*, int64_t, int, int);
 };
 // nullptr where the ISA's kernels are not compiled in (non-x86 builds).
 const KernelTable* kernels_portable();

@@ -97,8 +97,8 @@ struct T8 {
 
 const KernelTable* kernels_avx2() {
   using T = avx2::T8;
-  static const KernelTable table{&avx2::run<T>,  &avx2::im2col<T>, &avx2::plane_copy<T>, &avx2::gemv<T>,
-                                 &avx2::peak<T>, &avx2::pool_max_nonneg<T>};
+  static const KernelTable table{&avx2::run<T>,  &avx2::im2col<T>,          &avx2::plane_copy<T>, &avx2::gemv<T>,
+                                 &avx2::peak<T>, &avx2::pool_max_nonneg<T>, &avx2::subsample2<T>};
   return &table;
 }
 

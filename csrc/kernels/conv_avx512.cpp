@@ -169,6 +169,11 @@ static void gemv_avx512(const float* w, const float* x, const int32_t* idx, int 
   avx512::gemv<avx512::T16>(w, x, idx, nk, b, y, rows, relu);
   clean_upper_state();
 }
+static bool subsample2_avx512(const float* src, int64_t sw, float* dst, int64_t dw, int h, int w) {
+  const bool done = avx512::subsample2<avx512::T16>(src, sw, dst, dw, h, w);
+  clean_upper_state();
+  return done;
+}
 static bool pool_max_avx512(const PoolCall& p) {
   const bool done = avx512::pool_max_nonneg<avx512::T16>(p);
   clean_upper_state();
@@ -182,7 +187,8 @@ static double peak_avx512(int64_t iters) {
 
 const KernelTable* kernels_avx512() {
   static const KernelTable table{&conv_avx512, &im2col_avx512, &plane_copy_avx512,
-                                 &gemv_avx512, &peak_avx512,   &pool_max_avx512};
+                                 &gemv_avx512, &peak_avx512,   &pool_max_avx512,
+                                 &subsample2_avx512};
   return &table;
 }
 

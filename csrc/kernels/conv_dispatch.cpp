@@ -49,6 +49,10 @@ double fma_peak_probe(Isa isa, int64_t iters) { return table(isa).fma_peak(iters
 
 bool pool_max_nonneg(Isa isa, const PoolCall& p) { return table(isa).pool_max_nonneg(p); }
 
+bool subsample2(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w) {
+  return table(isa).subsample2(src, src_wp, dst, dst_wp, h, w);
+}
+
 double fma_peak_probe_width(int width, int64_t iters) {
   const Isa isa = detect_isa();
   if (width == 16) return isa == Isa::kAvx512 ? table(Isa::kAvx512).fma_peak(iters) : 0.0;

@@ -280,6 +280,23 @@ static bool pool_max_nonneg(const PoolCall& p) {
   return true;
 }
 
+// dst (h x w) = src[2y][2x] (see subsample2 in conv.h): deinterleaving loads, scalar row tails.
+template <class T>
+static bool subsample2(const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w) {
+  if constexpr (!T::kEvenLanes) {
+    return false;
+  } else {
+    for (int y = 0; y < h; ++y) {
+      const float* s = src + 2 * y * src_wp;
+      float* d = dst + y * dst_wp;
+      int x = 0;
+      for (; x + T::W <= w; x += T::W) T::storeu(d + x, T::even_lanes(s + 2 * x));
+      for (; x < w; ++x) d[x] = s[2 * x];
+    }
+    return true;
+  }
+}
+
 // dst (h x w, row stride dst_wp) = relu?(src (row stride src_wp)); returns the sum of what was
 // stored (the per-channel sum the next gate's GAP needs).
 template <class T>

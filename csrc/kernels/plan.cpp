@@ -946,6 +946,7 @@ struct Executor {
       out_act[i] = act[i] + s.pad;
       const float* src = interior(s.in, static_cast<int>(i));
       float* d = interior(s.out, static_cast<int>(i));
+      if (s.stride == 2 && subsample2(P.isa_, src, bi.Wp, d, bo.Wp, bo.H, bo.W)) continue;
       for (int y = 0; y < bo.H; ++y)
         for (int x = 0; x < bo.W; ++x) d[y * bo.Wp + x] = src[(y * s.stride) * bi.Wp + x * s.stride];
     }
