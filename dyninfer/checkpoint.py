@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, read_safetensors
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "read_metadata", "model_spec", "weights_sha256",
            "CheckpointError", "FORMAT_VERSION", "SUFFIX"]
@@ -115,26 +115,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, Ten
 
 
 def _open(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist" + (
-            "" if path.parent.is_dir() else f" (folder {path.parent} does not exist either)"))
-    data = path.read_bytes()
-    if len(data) < 8:
-        raise CheckpointError(f"checkpoint {path} is truncated: {len(data)} bytes, not a safetensors file")
-    header_len = int.from_bytes(data[:8], "little")
-    if 8 + header_len > len(data):
-        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file: header of "
-                              f"{header_len} bytes announced, file has {len(data)} bytes")
-    try:
-        header = json.loads(data[8:8 + header_len])
-        tensors = load(data)
-    except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {exc}") from exc
-    meta = header.get("__metadata__") or {}
-    return tensors, meta
+    return read_safetensors(path, "checkpoint", CheckpointError)
 
 
 def _check_meta(path: Path, meta: Mapping[str, str]) -> None:

@@ -25,13 +25,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, read_safetensors
 
 __all__ = ["PathSet", "PathFileError", "collect_paths", "collect_activations", "activation_thresholds", "binarize",
            "save_paths", "load_paths", "stack_dataset", "FORMAT_VERSION"]
@@ -249,24 +249,10 @@ def save_paths(path: str | os.PathLike, ps: PathSet) -> Path:
 
 def load_paths(path: str | os.PathLike) -> PathSet:
     """Read a file written by save_paths, verifying format, version, digest and shapes."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     from ..checkpoint import weights_sha256
 
     p = Path(path)
-    if not p.is_file():
-        raise PathFileError(f"path file {p} does not exist")
-    data = p.read_bytes()
-    if len(data) < 8 or 8 + int.from_bytes(data[:8], "little") > len(data):
-        raise PathFileError(f"path file {p} is truncated or not a safetensors file ({len(data)} bytes)")
-    header_len = int.from_bytes(data[:8], "little")
-    try:
-        header = json.loads(data[8:8 + header_len])
-        tensors = load(data)
-    except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
-        raise PathFileError(f"path file {p} is corrupt or truncated: {exc}") from exc
-    meta: Mapping[str, str] = header.get("__metadata__") or {}
+    tensors, meta = read_safetensors(p, "path file", PathFileError)
     if meta.get("dyninfer_format") != FORMAT:
         raise PathFileError(f"{p} is not a dyninfer path file (metadata 'dyninfer_format' = "
                             f"{meta.get('dyninfer_format')!r})")
