@@ -50,10 +50,9 @@ struct ConvCall {
   bool use_asm = true;   // hand-allocated tiles where the ISA has them (T::asm3x3)
   // Row pairs (AVX-512, 8-pixel output rows): vector v reads input rows at in_off[v] and
   // in_off[v] + rs (stride 2: + 2 rs); its lanes 0-7 go to out_off[v] / res_off[v], lanes 8-15
-  // (the next output row) to out_off2[v] / res_off2[v].
+  // (the next output row, masked off after an odd last row) one row stride further.
   bool pairs = false;
-  const int64_t* out_off2 = nullptr;
-  const int64_t* res_off2 = nullptr;
+  int64_t out_wp = 0, res_wp = 0;  // row strides of the output and residual planes
 };
 
 // Pixels per output vector for a conv whose output rows are `out_w` wide: 16 on AVX-512 CPUs

@@ -71,19 +71,20 @@ struct T16P : T16 {
     const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     return _mm512_permutex2var_ps(_mm512_loadu_ps(p), idx, _mm512_loadu_ps(p + 2 * rs));
   }
-  // lanes 0-7 from lo, 8-15 from hi, masked by m (masked-off lanes read nothing)
-  static V load_pair2(const float* lo, const float* hi, uint32_t m) {
-    const __m256 a = _mm256_maskz_loadu_ps(static_cast<__mmask8>(m & 0xFFu), lo);
-    const __m256 b = _mm256_maskz_loadu_ps(static_cast<__mmask8>(m >> 8), hi);
+  // load_pair masked by m: lanes 8-15 (the row at p + rs) read nothing where m has no bits
+  static V load_pair_m(const float* p, int64_t rs, uint32_t m) {
+    const __m256 a = _mm256_maskz_loadu_ps(static_cast<__mmask8>(m & 0xFFu), p);
+    const __m256 b = _mm256_maskz_loadu_ps(static_cast<__mmask8>(m >> 8), p + rs);
     return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1);
   }
-  static void store_pair(float* lo, float* hi, V v, uint32_t m) {
+  // lanes 0-7 to p, 8-15 to p + rs, masked by m
+  static void store_pair(float* p, int64_t rs, V v, uint32_t m) {
     if (m == kFull) {
-      _mm256_storeu_ps(lo, _mm512_castps512_ps256(v));
-      _mm256_storeu_ps(hi, _mm512_extractf32x8_ps(v, 1));
+      _mm256_storeu_ps(p, _mm512_castps512_ps256(v));
+      _mm256_storeu_ps(p + rs, _mm512_extractf32x8_ps(v, 1));
     } else {
-      _mm256_mask_storeu_ps(lo, static_cast<__mmask8>(m & 0xFFu), _mm512_castps512_ps256(v));
-      _mm256_mask_storeu_ps(hi, static_cast<__mmask8>(m >> 8), _mm512_extractf32x8_ps(v, 1));
+      _mm256_mask_storeu_ps(p, static_cast<__mmask8>(m & 0xFFu), _mm512_castps512_ps256(v));
+      _mm256_mask_storeu_ps(p + rs, static_cast<__mmask8>(m >> 8), _mm512_extractf32x8_ps(v, 1));
     }
   }
 };

@@ -108,11 +108,11 @@ static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
       typename T::V x = T::add(acc[m][j], bias);
       const uint32_t lanes = c.lanes[v];
       if constexpr (IsPairs<T>::value) {
-        // Two output rows per vector: lanes 0-7 to out_off, 8-15 to out_off2 (the second row
-        // is masked off when the plane has an odd number of rows).
-        if (rp) x = T::add(x, T::load_pair2(rp + c.res_off[v], rp + c.res_off2[v], lanes));
+        // Two output rows per vector, one row stride apart (the second masked off after an odd
+        // last row).
+        if (rp) x = T::add(x, T::load_pair_m(rp + c.res_off[v], c.res_wp, lanes));
         if (c.relu) x = T::max(x, T::zero());
-        T::store_pair(op + c.out_off[v], op + c.out_off2[v], x, lanes);
+        T::store_pair(op + c.out_off[v], c.out_wp, x, lanes);
         s = T::add(s, lanes == T::kFull ? x : T::keep_m(x, lanes));
         continue;
       }

@@ -351,15 +351,10 @@ void Plan::build_conv_vectors(ConvOp& c) {
     c.vw = 16;
     c.col_rows = 0;
     for (int y = 0; y < ho; y += 2) {
-      const int y2 = y + 1 < ho ? y + 1 : y;  // odd row count: lanes 8-15 masked off
       c.in_off.push_back(static_cast<int64_t>((c.stride2 ? 2 * y : y) + bi.B - c.ph) * bi.Wp + (bi.B - c.pw));
       c.out_off.push_back(static_cast<int64_t>(y + bo.B) * bo.Wp + bo.B);
-      c.out_off2.push_back(static_cast<int64_t>(y2 + bo.B) * bo.Wp + bo.B);
-      if (br) {
-        c.res_off.push_back(static_cast<int64_t>(y + br->B) * br->Wp + br->B);
-        c.res_off2.push_back(static_cast<int64_t>(y2 + br->B) * br->Wp + br->B);
-      }
-      c.lanes.push_back(y + 1 < ho ? 0xFFFFu : 0xFFu);
+      if (br) c.res_off.push_back(static_cast<int64_t>(y + br->B) * br->Wp + br->B);
+      c.lanes.push_back(y + 1 < ho ? 0xFFFFu : 0xFFu);  // odd row count: lanes 8-15 masked off
     }
     return;
   }
@@ -707,10 +702,8 @@ struct Executor {
     call.stride2 = c.stride2;
     call.use_asm = P.asm_;
     call.pairs = c.pairs;
-    if (c.pairs) {
-      call.out_off2 = c.out_off2.data();
-      call.res_off2 = c.res >= 0 ? c.res_off2.data() : nullptr;
-    }
+    call.out_wp = bo.Wp;
+    call.res_wp = c.res >= 0 ? P.buffers_[c.res].Wp : 0;
     if (c.direct) {
       call.in = ws.buf_data[c.in];
       call.cstride = bi.plane;
@@ -751,7 +744,7 @@ struct Executor {
     a.in = ws.buf_data[c.in];
     a.plane = bi.plane;
     a.border = bi.B;
-        a.hi = bi.H;
+    a.hi = bi.H;
     a.wi = bi.W;
     a.wp = bi.Wp;
     a.n_in = n_in;

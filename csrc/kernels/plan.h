@@ -67,7 +67,6 @@ struct ConvOp {
   // Output vectors: offsets into the input (direct) or column buffer (im2col), output plane,
   // residual plane; bit mask of the real pixels among each vector's lanes.
   std::vector<int64_t> in_off, out_off, res_off;
-  std::vector<int64_t> out_off2, res_off2;  // row pairs: where lanes 8-15 (the next row) go
   std::vector<uint32_t> lanes;
   bool flat = false;     // vectors run over the padded plane across rows (see build_conv_vectors)
   bool pairs = false;    // 16-lane vectors of two 8-pixel rows (see build_conv_vectors)
