@@ -6,6 +6,16 @@ PIP := $(PY) -m pip
 .PHONY: install demo test bench analyze clean
 
 install:
+	# Fashion-MNIST from Debian into /usr/share/datasets/fashion-mnist, where dyninfer reads it (CI runs as root).
+	# Without apt-get, or if it fails, warn and go on: the data set then needs --data-root.
+	@if test -d /usr/share/datasets/fashion-mnist; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y dataset-fashion-mnist; } \
+			|| echo "warning: 'apt-get install -y dataset-fashion-mnist' failed; Fashion-MNIST is not installed"; \
+	else \
+		echo "warning: apt-get not found; install Fashion-MNIST with 'apt-get install dataset-fashion-mnist'" \
+			"or pass a folder of its IDX files as --data-root"; \
+	fi
 	# torch 2.13.0 CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install setuptools wheel ninja pybind11

@@ -121,7 +121,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {v}")
         if not self.gated and self.has_loss_settings():
             raise ValueError("TrainConfig: preset/lambda_*/target_ratio apply to gated training only (gated=False)")
-        if self.dataset != "digits" and self.data_root is None:
+        if self.dataset not in ("digits", "fashion_mnist") and self.data_root is None:
             raise ValueError(f"TrainConfig.data_root: dataset '{self.dataset}' is read from a local folder; "
                              f"pass its path (only 'digits' is embedded)")
         if self.preset is not None:

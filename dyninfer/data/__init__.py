@@ -1,4 +1,5 @@
-"""Data sets: the embedded digits default, CIFAR-10/100 pickle folders and ImageFolder trees.
+"""Data sets: the embedded digits default, Fashion-MNIST (Debian package or IDX folder), CIFAR-10/100
+pickle folders and ImageFolder trees.
 
     load_dataset(name, root=None, split="train", augment=None, image_size=224) -> Dataset
 
@@ -16,12 +17,13 @@ from torch.utils.data import Dataset
 from .base import DatasetError, DatasetNotFoundError, TensorImageDataset
 from .cifar import load_cifar
 from .digits import load_digits
+from .fashion_mnist import load_fashion_mnist
 from .imagefolder import ImageFolderDataset
 
 __all__ = ["load_dataset", "list_datasets", "dataset_input_size", "DatasetError", "DatasetNotFoundError",
-           "TensorImageDataset", "ImageFolderDataset", "load_cifar", "load_digits"]
+           "TensorImageDataset", "ImageFolderDataset", "load_cifar", "load_digits", "load_fashion_mnist"]
 
-_NAMES = ("digits", "cifar10", "cifar100", "imagefolder")
+_NAMES = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
 _SPLITS = ("train", "test", "val")
 
 
@@ -44,7 +46,9 @@ def load_dataset(name: str, root: str | Path | None = None, split: str = "train"
                  image_size: int = 224) -> Dataset:
     """Load split 'train' or 'test' ('val' is an alias of 'test') of data set ``name``.
 
-    digits: embedded, ``root`` ignored. cifar10/cifar100: ``root`` holds the python-pickle batches
+    digits: embedded, ``root`` ignored. fashion_mnist: IDX files (raw or .gz) in ``root``, default
+    /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist); 28×28 grey zero-padded
+    to 32×32 and repeated to 3 channels. cifar10/cifar100: ``root`` holds the python-pickle batches
     (must be a trusted folder; read with a restricted unpickler). imagefolder: ``root`` holds
     train/<class>/ and val/<class>/.
     """
@@ -54,6 +58,8 @@ def load_dataset(name: str, root: str | Path | None = None, split: str = "train"
     split = "test" if split == "val" else split
     if name == "digits":
         return load_digits(split, augment=augment)
+    if name == "fashion_mnist":
+        return load_fashion_mnist(root, split, augment=augment)
     if name in ("cifar10", "cifar100"):
         return load_cifar(root, split, num_classes=int(name[5:]), augment=augment)
     return ImageFolderDataset(root, split, image_size=image_size, augment=augment)
