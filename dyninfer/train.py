@@ -49,6 +49,9 @@ from .nn import gates
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "load_init_weights", "available_cpus"]
 
 
+_LOSS_FIELDS = ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs", "target_ratio", "kl_reduction")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; validated on construction (errors name the field)."""
@@ -71,7 +74,13 @@ class TrainConfig:
     lambda_mi: float | None = None
     lambda_kl: float | None = None
     lambda_s: float | None = None
+    lambda_bs: float | None = None
     target_ratio: float | None = None
+    kl_reduction: str | None = None
+    gate_init: str = "input"  # gates of a dense-initialised gated model (dyninfer.nn.GATE_INITS)
+    freeze_gates: bool = False  # gate parameters are not trained (static-mask baselines)
+    static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
+    resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
     init_checkpoint: str | None = None
     dense_epochs: int | None = None  # dense pre-training when gated without init_checkpoint; None = epochs
     dense_lr: float | None = None  # lr of that pre-training; None = lr
@@ -115,29 +124,32 @@ class TrainConfig:
                              f"got {self.milestones}")
         if self.target_ratio is not None and not 0 <= self.target_ratio <= 1:
             raise ValueError(f"TrainConfig.target_ratio must lie in [0, 1], got {self.target_ratio}")
-        for name in ("lambda_mi", "lambda_kl", "lambda_s"):
+        for name in ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs"):
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {v}")
         if not self.gated and self.has_loss_settings():
-            raise ValueError("TrainConfig: preset/lambda_*/target_ratio apply to gated training only (gated=False)")
+            raise ValueError("TrainConfig: preset/lambda_*/target_ratio/kl_reduction apply to gated training only "
+                             "(gated=False)")
+        from .nn import GATE_INITS
+
+        if self.gate_init not in GATE_INITS:
+            raise ValueError(f"TrainConfig.gate_init: one of {GATE_INITS}, got {self.gate_init!r}")
         if self.dataset not in ("digits", "fashion_mnist") and self.data_root is None:
             raise ValueError(f"TrainConfig.data_root: dataset '{self.dataset}' is read from a local folder; "
                              f"pass its path (only 'digits' is embedded)")
-        if self.preset is not None:
-            self.loss_config()  # unknown preset names fail now, not after dense pre-training
+        if self.gated:
+            self.loss_config()  # unknown presets and bad values fail now, not after dense pre-training
 
     def has_loss_settings(self) -> bool:
-        return any(getattr(self, n) is not None
-                   for n in ("preset", "lambda_mi", "lambda_kl", "lambda_s", "target_ratio"))
+        return any(getattr(self, n) is not None for n in ("preset",) + _LOSS_FIELDS)
 
     def loss_config(self):
         """The dyninfer.losses.LossConfig of this run: ``preset`` (or LossConfig's defaults) with the
         lambda_* / target_ratio fields given here replacing the preset's."""
         from .losses import LossConfig, preset
 
-        overrides = {n: getattr(self, n) for n in ("lambda_mi", "lambda_kl", "lambda_s", "target_ratio")
-                     if getattr(self, n) is not None}
+        overrides = {n: getattr(self, n) for n in _LOSS_FIELDS if getattr(self, n) is not None}
         if self.preset is not None:
             return dataclasses.replace(preset(self.preset), **overrides)
         try:
@@ -289,33 +301,46 @@ def _train_loader(ds: Dataset, cfg: TrainConfig, d: _Dist):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, macs_samples: int = 256) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader: DataLoader, macs_samples: int = 256, static_eval: bool = True) -> dict[str, Any]:
     """Eval-mode test accuracy, per-layer gate density (mean of z over samples and channels), overall
-    density (kept / total gated channels, layers pooled) and MACs per sample on the first
-    ``macs_samples`` images (dense and effective, dyninfer.flops.count_macs)."""
+    density (kept / total gated channels, layers pooled), MACs per sample on the first
+    ``macs_samples`` images (dense and effective, dyninfer.flops.count_macs) and, for a gated model,
+    the conditionality figures of dyninfer.analysis.conditionality under "conditionality" (with the
+    static majority path's accuracy when ``static_eval``: one more pass over ``loader``)."""
+    from .analysis.conditionality import path_conditionality, static_accuracy, static_path_masks
+    from .analysis.paths import PathSet
     from .flops import count_macs
+    from .nn import calculation_path
 
     model.eval()
     gate_map = gates(model)
-    kept = {name: 0.0 for name in gate_map}
     correct, n, loss_sum = 0, 0, 0.0
     macs_x: list[Tensor] = []
+    paths, labels, preds = [], [], []
     n_macs = 0
     for x, y in loader:
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         n += y.shape[0]
-        for name, g in gate_map.items():
-            kept[name] += g.z.sum().item()  # z: (B, N) of this batch
+        if gate_map:
+            paths.append(calculation_path(model).to(torch.uint8))  # (B, Σ N_l)
+            labels.append(y)
+            preds.append(logits.argmax(1))
         if n_macs < macs_samples:
             macs_x.append(x[: macs_samples - n_macs])
             n_macs += macs_x[-1].shape[0]
     out: dict[str, Any] = {"test_acc": correct / max(n, 1), "test_loss": loss_sum / max(n, 1)}
     if gate_map:
-        channels = {name: g.out_channels for name, g in gate_map.items()}
-        out["density"] = {name: kept[name] / (n * channels[name]) for name in gate_map}
-        out["density_mean"] = sum(kept.values()) / (n * sum(channels.values()))
+        ps = PathSet(torch.cat(paths), torch.cat(labels), torch.cat(preds), list(gate_map),
+                     [g.out_channels for g in gate_map.values()])
+        cond = path_conditionality(ps)
+        out["density"] = cond.layer_density
+        out["density_mean"] = cond.density
+        if static_eval:
+            masks = static_path_masks(cond.firing_rate, cond.gate_names, cond.gate_sizes)
+            cond.static_accuracy = static_accuracy(model, loader, masks)
+        out["conditionality"] = {k: v for k, v in cond.to_json().items() if k not in ("layer_density",)}
     report = count_macs(model, torch.cat(macs_x))
     out["macs_dense"] = float(report.dense)
     out["macs_effective"] = float(torch.as_tensor(report.effective, dtype=torch.float64).mean())
@@ -355,8 +380,74 @@ def _epoch_line(e: dict[str, Any], epochs: int) -> str:
          f"train_acc {e['train_acc']:.4f} test_acc {e['test_acc']:.4f}")
     if "density_mean" in e:
         s += f" density {e['density_mean']:.3f}"
+        c = e["conditionality"]
+        s += f" dynamic {100 * c['dynamic_share']:.1f}% H {c['path_entropy_per_filter']:.3f}"
+        if c["static_accuracy"] is not None:
+            s += f" static_path_acc {c['static_accuracy']:.4f}"
     s += f" MACs {_fmt_macs(e['macs_effective'])}/{_fmt_macs(e['macs_dense'])} {e['seconds']:.1f}s"
     return s
+
+
+RESUME_FILE = "resume.pt"
+# TrainConfig fields that may differ between a run and its resumption
+_RESUME_FREE = {"resume", "progress", "threads", "num_workers"}
+
+
+def _resume_config(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.to_json().items() if k not in _RESUME_FREE}
+
+
+def _save_resume(path: Path, cfg: TrainConfig, epoch: int, model: nn.Module, criterion: nn.Module, opt, sched,
+                 loader: DataLoader, history: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
+    """Everything the next epoch depends on, written atomically: weights, W_cla, optimiser and
+    scheduler state, the global RNG and the sampler's generator (so a resumed single-process run
+    draws the same batches, noise and augmentation as an uninterrupted one), the log so far."""
+    import io
+
+    from ._io import atomic_write_bytes
+
+    gen = getattr(loader.sampler, "generator", None)
+    state = {"format": "dyninfer-resume", "version": 1, "epoch": epoch,
+             "config": json.dumps(_resume_config(cfg), sort_keys=True),
+             "model": model.state_dict(), "criterion": criterion.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+             "sampler_rng": gen.get_state() if gen is not None else None,
+             "history": json.dumps(history), "best": json.dumps(best)}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_resume(path: Path, cfg: TrainConfig, model: nn.Module, criterion: nn.Module, opt, sched,
+                 loader: DataLoader) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:
+    """Restore what ``_save_resume`` wrote; returns (completed epochs, history, best entry)."""
+    try:
+        state = torch.load(path, weights_only=True)  # tensors and plain containers only: no code runs
+        if state.get("format") != "dyninfer-resume" or state.get("version") != 1:
+            raise ValueError(f"format {state.get('format')!r} version {state.get('version')!r}, "
+                             f"expected 'dyninfer-resume' version 1")
+        saved = json.loads(state["config"])
+    except Exception as exc:  # torch.load raises many types on a corrupt file
+        raise ckpt.CheckpointError(f"resume state {path} cannot be read ({type(exc).__name__}: {exc}); "
+                                   f"delete it to start the run afresh") from None
+    mine = _resume_config(cfg)
+    differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    if differ:
+        raise ValueError(f"--resume: {path} was written by a run with other settings: "
+                         + ", ".join(f"{k}={saved.get(k)!r} (now {mine.get(k)!r})" for k in differ[:6])
+                         + "; resume with the same settings, or use another --out-dir")
+    try:
+        model.load_state_dict(state["model"])
+        criterion.load_state_dict(state["criterion"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ckpt.CheckpointError(f"resume state {path} does not fit the model: {exc}") from None
+    torch.set_rng_state(state["torch_rng"])
+    gen = getattr(loader.sampler, "generator", None)
+    if gen is not None and state["sampler_rng"] is not None:
+        gen.set_state(state["sampler_rng"])
+    return int(state["epoch"]), json.loads(state["history"]), json.loads(state["best"])
 
 
 def _sync_buffers(model: nn.Module) -> None:
@@ -376,6 +467,12 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
     init = None
     if cfg.init_checkpoint is not None:
         init = load_init_weights(model, cfg.init_checkpoint)
+    if cfg.gated and init != "exact":  # fresh gates: the chosen initialisation
+        for g in gates(model).values():
+            g.reset_parameters(cfg.gate_init)
+    if cfg.freeze_gates:
+        for g in gates(model).values():
+            g.requires_grad_(False)
     loss_cfg = None
     if cfg.gated:
         from .losses import DecouplingLoss
@@ -403,9 +500,19 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
     log_path = out_dir / "log.jsonl"
     meta = {"train": cfg.to_json(), "num_classes": num_classes, "world_size": d.world,
             "loss": asdict(loss_cfg) if loss_cfg is not None else None, "init": init}
+    resume_path = out_dir / RESUME_FILE
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    start = 0
+    if cfg.resume and resume_path.exists():
+        start, history, best = _load_resume(resume_path, cfg, model, criterion, opt, sched, train_loader)
+        if d.enabled:  # rank 0's generator state was saved: give every rank its own stream again
+            torch.manual_seed(cfg.seed + 1 + d.rank + 1000 * start)
+        if d.main:
+            print(f"[dyninfer] resuming {resume_path} after epoch {start} of {cfg.epochs}", flush=True)
     if d.main:
         (out_dir / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        log_path.write_text("")
+        log_path.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in history))
         kind = "gated" if cfg.gated else "dense"
         print(f"[dyninfer] training {kind} {cfg.model} on {cfg.dataset} ({len(train_ds)} train / "
               f"{len(test_ds)} test) for {cfg.epochs} epochs, {d.world} process(es) x "
@@ -414,10 +521,9 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
 
     from tqdm import tqdm
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    best_path = last_path = None
-    for epoch in range(1, cfg.epochs + 1):
+    best_path = out_dir / ("best" + ckpt.SUFFIX) if best is not None else None
+    last_path = out_dir / ("last" + ckpt.SUFFIX) if history else None
+    for epoch in range(start + 1, cfg.epochs + 1):
         te = time.perf_counter()
         if d.enabled:
             train_loader.sampler.set_epoch(epoch)
@@ -453,7 +559,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
                                  "train_parts": {k: v / seen for k, v in sums.items()},
                                  "train_acc": correct / seen}
         # every rank evaluates the full test set (identical weights -> identical numbers; no barrier)
-        entry.update(evaluate(model, test_loader, cfg.macs_samples))
+        entry.update(evaluate(model, test_loader, cfg.macs_samples, static_eval=cfg.static_eval))
         entry["seconds"] = time.perf_counter() - te
         history.append(entry)
         is_best = best is None or entry["test_acc"] >= best["test_acc"]
@@ -466,9 +572,12 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
             metrics = {k: entry[k] for k in ("epoch", "test_acc", "test_loss", "macs_dense", "macs_effective")}
             if "density_mean" in entry:
                 metrics["density_mean"] = entry["density_mean"]
+                metrics["conditionality"] = {k: v for k, v in entry["conditionality"].items()
+                                             if k not in ("layer_dynamic_share", "class_density")}
             last_path = ckpt.save_checkpoint(out_dir / "last", model, meta, metrics)
             if is_best:
                 best_path = ckpt.save_checkpoint(out_dir / "best", model, meta, metrics)
+            _save_resume(resume_path, cfg, epoch, model, criterion, opt, sched, train_loader, history, best)
     model.eval()
     return TrainResult(config=cfg, model=model, history=history, final=history[-1], best=best,
                        best_path=best_path, last_path=last_path, seconds=time.perf_counter() - t0,
@@ -485,7 +594,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         dense = None
         if cfg.gated and cfg.init_checkpoint is None:
             dense_cfg = dataclasses.replace(
-                cfg, gated=False, preset=None, lambda_mi=None, lambda_kl=None, lambda_s=None, target_ratio=None,
+                cfg, gated=False, preset=None, **{n: None for n in _LOSS_FIELDS}, freeze_gates=False,
                 epochs=cfg.dense_epochs or cfg.epochs, lr=cfg.dense_lr or cfg.lr,
                 out_dir=str(Path(cfg.out_dir) / "dense"))
             dense = _run(dense_cfg, d)

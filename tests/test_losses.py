@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dyninfer.losses import PRESETS, DecouplingLoss, LossConfig, kl_z_y, list_presets, preset, sparsity_loss
+from dyninfer.losses import (PRESETS, DecouplingLoss, LossConfig, batch_shaping_loss, beta_cdf, gate_on_probability,
+                             kl_z_y, list_presets, preset, sparsity_loss)
 from dyninfer.nn import ArchitectureControl, decouple, gates
 
 
@@ -38,9 +39,13 @@ def model():
     return decouple(Tiny(K))
 
 
-def _set(model, zs, ys):
-    for g, z, y in zip(gates(model).values(), zs, ys):
-        g.z, g.y_mean = z, y
+GS = [torch.tensor([[0.3, -1.2, 2.0, 0.1, -0.4, 0.0], [1.1, 0.5, -2.5, 0.9, 0.2, -0.3]]),
+      torch.tensor([[-0.6, 0.8, 1.7, -0.2, 0.4], [0.0, -1.5, 0.6, 2.2, -0.9]])]  # gate logits g
+
+
+def _set(model, zs, ys, gs=GS):
+    for g, z, y, lg in zip(gates(model).values(), zs, ys, gs):
+        g.z, g.y_mean, g.logits = z, y, lg
 
 
 # ---- hand references (plain Python floats, no torch ops) -------------------------------------
@@ -63,6 +68,18 @@ def hand_sparsity(z, r):
     return abs(sum(z) - r * len(z))
 
 
+def hand_batch_shaping(g, a, b):
+    """Σ over the batch's sorted Φ(g) of (i/(B+1) − F_Beta)², mean over samples and channels."""
+    from scipy.special import betainc
+
+    bsz, n = g.shape
+    total = 0.0
+    for c in range(n):
+        p = sorted(0.5 * (1 + math.erf(g[i, c].item() / math.sqrt(2))) for i in range(bsz))
+        total += sum(((i + 1) / (bsz + 1) - betainc(a, b, p[i])) ** 2 for i in range(bsz))
+    return total / (bsz * n)
+
+
 ZS = [torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [0.2, 0.9, 0.0, 1.0, 0.5, 0.3]]),
       torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0, 1.0]])]  # second layer: sample 0 all closed
 YS = [torch.tensor([[0.5, 0.1, 2.0, 0.0, 0.3, 0.1], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]),
@@ -71,8 +88,10 @@ LABELS = torch.tensor([2, 0])
 LOGITS = torch.tensor([[0.1, -0.3, 0.7], [1.5, 0.2, -0.4]])
 
 
-def test_each_part_matches_hand_computation(model):
-    cfg = LossConfig(lambda_mi=0.3, lambda_kl=0.7, lambda_s=0.05, target_ratio=0.5)
+@pytest.mark.parametrize("kl_reduction,lambda_bs", [("sum", 0.0), ("mean", 0.4)])
+def test_each_part_matches_hand_computation(model, kl_reduction, lambda_bs):
+    cfg = LossConfig(lambda_mi=0.3, lambda_kl=0.7, lambda_s=0.05, target_ratio=0.5, kl_reduction=kl_reduction,
+                     lambda_bs=lambda_bs)
     crit = DecouplingLoss(model, K, cfg)
     assert crit.gate_paths == ["conv1_gate", "conv2_gate"]
     ws = [torch.arange(K * 6, dtype=torch.float32).reshape(K, 6) / 10 - 0.8,
@@ -85,22 +104,25 @@ def test_each_part_matches_hand_computation(model):
 
     b = len(LABELS)
     ce = sum(hand_ce(LOGITS[i].tolist(), int(LABELS[i])) for i in range(b)) / b
-    mi = kl = sp = 0.0
-    for w, z, y in zip(ws, ZS, YS):
+    mi = kl = sp = bs = 0.0
+    for w, z, y, g in zip(ws, ZS, YS, GS):
+        n = z.shape[1]
         for i in range(b):
             zi = z[i].tolist()
             scores = [sum(w[k, c].item() * zi[c] for c in range(len(zi))) for k in range(K)]
             mi += hand_ce(scores, int(LABELS[i])) / b
-            kl += hand_kl(zi, y[i].tolist(), cfg.eps) / b
+            kl += hand_kl(zi, y[i].tolist(), cfg.eps) / b / (n if kl_reduction == "mean" else 1)
             sp += hand_sparsity(zi, cfg.target_ratio) / b
-    assert set(parts) == {"ce", "mi", "kl", "sparsity"}
+        bs += hand_batch_shaping(g, 0.5, 0.5)
+    assert set(parts) == {"ce", "mi", "kl", "sparsity", "bs"}
+    assert parts["bs"].item() == (pytest.approx(bs, rel=1e-5) if lambda_bs else 0.0)
+    expect = ce + 0.3 * mi + 0.7 * kl + 0.05 * sp + lambda_bs * bs
+    assert total.item() == pytest.approx(expect, rel=1e-5)
     assert parts["ce"].item() == pytest.approx(ce, rel=1e-5)
     assert parts["mi"].item() == pytest.approx(mi, rel=1e-5)
     assert parts["kl"].item() == pytest.approx(kl, rel=1e-4)
     assert parts["sparsity"].item() == pytest.approx(sp, rel=1e-6)
     assert sp == pytest.approx((0.0 + 0.1) / 2 + (2.5 + 1.5) / 2)  # |3-3|,|2.9-3| ; |0-2.5|,|4-2.5|
-    expected_total = ce + 0.3 * mi + 0.7 * kl + 0.05 * sp
-    assert total.item() == pytest.approx(expected_total, rel=1e-5)
 
 
 @pytest.mark.parametrize("n", [1, 4, 16])
@@ -139,11 +161,40 @@ def test_r_zero_is_plain_l1_not_normalised(model):
 
 
 def test_weights_zero_reduce_to_ce(model):
-    crit = DecouplingLoss(model, K, LossConfig(lambda_mi=0.0, lambda_kl=0.0, lambda_s=0.0))
+    crit = DecouplingLoss(model, K, LossConfig(lambda_mi=0.0, lambda_kl=0.0, lambda_s=0.0, lambda_bs=0.0))
     _set(model, ZS, YS)
     total, parts = crit(LOGITS, LABELS)
     assert torch.equal(total, parts["ce"])
     assert parts["mi"].item() > 0 and parts["sparsity"].item() > 0  # still reported
+
+
+def test_beta_cdf_gradient_is_the_pdf():
+    from scipy.stats import beta
+
+    x = torch.tensor([0.05, 0.3, 0.5, 0.8, 0.97], dtype=torch.float64, requires_grad=True)
+    beta_cdf(x, 0.4, 0.6).sum().backward()
+    assert torch.allclose(x.grad, torch.from_numpy(beta.pdf(x.detach().numpy(), 0.4, 0.6)))
+    torch.autograd.gradcheck(lambda t: beta_cdf(t, 0.4, 0.6), (x.detach().clone().requires_grad_(),))
+
+
+def test_batch_shaping_punishes_static_gates_and_pushes_them_apart():
+    """A gate with the same on-probability for every sample pays more than one that is decisively on
+    for half the batch and off for the rest; gradient steps on the static gate's logits spread them."""
+    torch.manual_seed(0)
+    static = torch.full((64, 8), 1.0) + 0.01 * torch.randn(64, 8)
+    split = torch.cat([torch.full((32, 8), -2.5), torch.full((32, 8), 2.5)]) + 0.3 * torch.randn(64, 8)
+    l_static = batch_shaping_loss(gate_on_probability(static), 0.5, 0.5)
+    l_split = batch_shaping_loss(gate_on_probability(split), 0.5, 0.5)
+    assert l_static > 2 * l_split
+    g = static.clone().requires_grad_()
+    for _ in range(200):
+        loss = batch_shaping_loss(gate_on_probability(g), 0.5, 0.5)
+        (grad,) = torch.autograd.grad(loss, g)
+        g = (g - 50.0 * grad).detach().requires_grad_()
+    assert g.std(0).min() > 10 * static.std(0).max()  # every channel now differs between samples
+    assert batch_shaping_loss(gate_on_probability(g), 0.5, 0.5) < 0.5 * l_static
+    with pytest.raises(ValueError, match="B >= 2"):
+        batch_shaping_loss(torch.rand(1, 4), 0.5, 0.5)
 
 
 @pytest.mark.parametrize("name,expected", [

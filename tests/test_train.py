@@ -41,7 +41,10 @@ def test_short_gated_run_learns_and_sparsifies(tmp_path):
     # sparsity: density moves from 1.0 toward R = 0.5 without collapsing; MACs fall with it
     assert 0.1 < h[-1]["density_mean"] < 0.85, h[-1]["density"]
     assert h[-1]["macs_effective"] < 0.9 * h[-1]["macs_dense"]
-    assert set(h[-1]["train_parts"]) == {"ce", "mi", "kl", "sparsity"}
+    assert set(h[-1]["train_parts"]) == {"ce", "mi", "kl", "sparsity", "bs"}
+    cond = h[-1]["conditionality"]  # conditionality figures logged every epoch
+    assert cond["density"] == h[-1]["density_mean"] and 0.0 <= cond["dynamic_share"] <= 1.0
+    assert cond["static_accuracy"] is not None and sum(cond["histogram"]) == 672  # ResNet-20: 6 x (16 + 32 + 64) gated filters
     assert h[-1]["train_parts"]["sparsity"] < 0.8 * h[0]["train_parts"]["sparsity"]
     assert h[-1]["train_loss"] < h[0]["train_loss"]
     assert h[-1]["train_parts"]["ce"] < 2.5  # the classifier survives the gating

@@ -17,7 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ArchitectureControl", "improved_semhash", "saturating_sigmoid"]
+__all__ = ["ArchitectureControl", "improved_semhash", "saturating_sigmoid", "GATE_INITS", "freeze_static"]
+
+# Gate initialisations (ArchitectureControl.reset_parameters):
+#   "open":  W1 = 0, b1 = 1, W2 = 0, b2 = 1: g = 1 for every input (the published reference code's
+#            initial state; its VGG keeps it). Every input gets the same logits until W2 moves, which
+#            invites a static mask.
+#   "input": W1 Kaiming-normal (fan-in, ReLU), b1 = 0, W2 PyTorch's default Linear init, b2 = 1: g
+#            depends on the input from the first step (the reference code re-initialises W1 with Kaiming
+#            for its CIFAR ResNets), and b2 = 1 keeps nearly every gate open on the dense init.
+GATE_INITS = ("input", "open")
 
 
 def saturating_sigmoid(x: Tensor) -> Tensor:
@@ -85,10 +94,39 @@ class ArchitectureControl(nn.Module):
         self.force_keep: float | None = None
 
     def reset_open(self) -> None:
-        nn.init.zeros_(self.fc1.weight)
-        nn.init.ones_(self.fc1.bias)
-        nn.init.zeros_(self.fc2.weight)
+        self.reset_parameters("open")
+
+    def reset_parameters(self, init: str = "open") -> None:
+        """Initialise the two FCs as ``init`` (one of GATE_INITS, see there) says."""
+        if init == "open":
+            nn.init.zeros_(self.fc1.weight)
+            nn.init.ones_(self.fc1.bias)
+            nn.init.zeros_(self.fc2.weight)
+        elif init == "input":
+            nn.init.kaiming_normal_(self.fc1.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(self.fc1.bias)
+            self.fc2.reset_parameters()
+        else:
+            raise ValueError(f"ArchitectureControl: unknown gate init {init!r}; one of {GATE_INITS}")
         nn.init.ones_(self.fc2.bias)
+
+    def freeze_static(self, keep: Tensor, margin: float = 10.0) -> None:
+        """Make the gate a constant mask: z = keep (N,) bool for every input, in training too.
+
+        W1 = W2 = 0, b1 = 0, b2 = ±margin, parameters frozen (requires_grad False). With margin 10 the
+        training noise α ~ N(0, 1) flips a decision with probability Φ(−10) ≈ 8e-24, and the model
+        still compiles and counts MACs like any gated model."""
+        keep = torch.as_tensor(keep, dtype=torch.bool).reshape(-1)
+        if keep.shape != (self.out_channels,):
+            raise ValueError(f"ArchitectureControl.freeze_static: expected a mask of {self.out_channels} "
+                             f"channels, got shape {tuple(keep.shape)}")
+        with torch.no_grad():
+            self.fc1.weight.zero_()
+            self.fc1.bias.zero_()
+            self.fc2.weight.zero_()
+            self.fc2.bias.copy_(torch.where(keep, margin, -margin).to(self.fc2.bias))
+        for p in self.parameters():
+            p.requires_grad_(False)
 
     def gate_logits(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -116,6 +154,19 @@ class ArchitectureControl(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, reduction={self.reduction}"
+
+
+def freeze_static(gates: dict[str, ArchitectureControl], masks: dict[str, Tensor]) -> None:
+    """``ArchitectureControl.freeze_static`` on every gate of ``gates`` ({path: gate}) with
+    ``masks[path]``; the two must name the same layers."""
+    if set(gates) != set(masks):
+        raise ValueError(f"freeze_static: masks for {sorted(set(masks) - set(gates))[:3]} name no gate, "
+                         f"gates {sorted(set(gates) - set(masks))[:3]} have no mask")
+    for path, g in gates.items():
+        try:
+            g.freeze_static(masks[path])
+        except ValueError as exc:
+            raise ValueError(f"gate '{path}': {exc}") from None
 
 
 def topk_mask(g: Tensor, keep: float) -> Tensor:
