@@ -78,7 +78,10 @@ class TrainConfig:
     target_ratio: float | None = None
     kl_reduction: str | None = None
     gate_init: str = "input"  # gates of a dense-initialised gated model (dyninfer.nn.GATE_INITS)
-    freeze_gates: bool = False  # gate parameters are not trained (static-mask baselines)
+    freeze_gates: bool = False  # gate parameters are not trained
+    # static-mask baseline: every gate frozen to ONE mask, the filters that fire most often for this
+    # gated checkpoint on the training split, at its per-layer densities (see static_masks_from)
+    static_from: str | None = None
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
     init_checkpoint: str | None = None
@@ -133,6 +136,8 @@ class TrainConfig:
                              "(gated=False)")
         from .nn import GATE_INITS
 
+        if self.static_from is not None and not self.gated:
+            raise ValueError("TrainConfig.static_from: a static-mask baseline is a gated model (gated=True)")
         if self.gate_init not in GATE_INITS:
             raise ValueError(f"TrainConfig.gate_init: one of {GATE_INITS}, got {self.gate_init!r}")
         if self.dataset not in ("digits", "fashion_mnist") and self.data_root is None:
@@ -366,6 +371,43 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike) -> str:
     return "dense->gated" if result.missing_keys else "exact"
 
 
+def static_masks_from(path: str | os.PathLike, train_ds: Dataset, model: nn.Module,
+                      batch_size: int = 256) -> dict[str, Any]:
+    """The static path of a gated checkpoint: its firing rates over ``train_ds`` (augmentation off),
+    then in each layer the round(density_l · N_l) most frequent filters, density_l being that layer's
+    mean density (dyninfer.analysis.conditionality.static_path_masks). Returns {"masks", "layer_density",
+    "density"}. The training split, not the test split, chooses the mask."""
+    from .analysis.conditionality import path_conditionality, static_path_masks
+    from .analysis.paths import PathSet
+    from .nn import calculation_path
+
+    source = ckpt.load_model(path)
+    src_gates, own = gates(source), gates(model)
+    if [(k, g.out_channels) for k, g in src_gates.items()] != [(k, g.out_channels) for k, g in own.items()]:
+        raise ValueError(f"TrainConfig.static_from: {path} has gates {[(k, g.out_channels) for k, g in src_gates.items()][:3]}…, "
+                         f"the model being trained {[(k, g.out_channels) for k, g in own.items()][:3]}…")
+    ds = train_ds
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    saved_augment, ds.augment = getattr(ds, "augment", None), None
+    try:
+        paths = []
+        with torch.no_grad():
+            for x, _ in DataLoader(train_ds, batch_size=batch_size, shuffle=False):
+                source(x)
+                paths.append(calculation_path(source).to(torch.uint8))
+    finally:
+        ds.augment = saved_augment
+    bits = torch.cat(paths)
+    n = bits.shape[0]
+    ps = PathSet(bits, torch.full((n,), -1), torch.full((n,), -1), list(src_gates),
+                 [g.out_channels for g in src_gates.values()])
+    cond = path_conditionality(ps)
+    masks = static_path_masks(cond.firing_rate, cond.gate_names, cond.gate_sizes)
+    return {"masks": masks, "layer_density": {k: float(m.float().mean()) for k, m in masks.items()},
+            "density": float(torch.cat(list(masks.values())).float().mean())}
+
+
 # ---------------------------------------------------------------------------------------------
 # the loop
 
@@ -470,6 +512,12 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
     if cfg.gated and init != "exact":  # fresh gates: the chosen initialisation
         for g in gates(model).values():
             g.reset_parameters(cfg.gate_init)
+    static = None
+    if cfg.static_from is not None:
+        static = static_masks_from(cfg.static_from, train_ds, model)
+        from .nn import freeze_static
+
+        freeze_static(gates(model), static["masks"])
     if cfg.freeze_gates:
         for g in gates(model).values():
             g.requires_grad_(False)
@@ -500,6 +548,9 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
     log_path = out_dir / "log.jsonl"
     meta = {"train": cfg.to_json(), "num_classes": num_classes, "world_size": d.world,
             "loss": asdict(loss_cfg) if loss_cfg is not None else None, "init": init}
+    if static is not None:
+        meta["static_masks"] = {"from": cfg.static_from, "layer_density": static["layer_density"],
+                                "density": static["density"]}
     resume_path = out_dir / RESUME_FILE
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None

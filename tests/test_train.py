@@ -9,7 +9,7 @@ import torch
 
 from torch.utils.data import DataLoader, Subset
 
-from dyninfer.checkpoint import load_model, read_metadata
+from dyninfer.checkpoint import CheckpointError, load_model, read_metadata
 from dyninfer.cli import main
 from dyninfer.models import create_model
 from dyninfer.data import load_dataset
@@ -88,3 +88,52 @@ def test_cli_train_dense_smoke(tmp_path, capsys):
     assert "epoch   1/1" in out and "done in" in out
     assert load_model(tmp_path / "cli" / "last").dyninfer_name == "resnet20"
     assert main(["train", "--epochs", "0", "--out-dir", str(tmp_path / "x")]) == 2
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    """A gated run stopped during epoch 3 (after epoch 2's state was saved) and resumed with
+    resume=True ends with exactly the weights, W_cla and log of a run that was never stopped:
+    the optimiser, scheduler, global RNG (gate noise, augmentation) and sampler order are restored."""
+    import dyninfer.train as train_mod
+
+    dense = train(TrainConfig(model="resnet20", dataset="digits", gated=False, epochs=1, batch_size=32,
+                              train_subset=96, test_subset=32, threads=1, macs_samples=8, progress=False,
+                              out_dir=str(tmp_path / "dense")))
+    common = dict(model="resnet20", dataset="digits", gated=True, epochs=3, batch_size=32, lr=0.05,
+                  milestones=(0.5,), train_subset=96, test_subset=32, threads=1, macs_samples=8,
+                  progress=False, init_checkpoint=str(dense.last_path))
+    full = train(TrainConfig(**common, out_dir=str(tmp_path / "full")))
+
+    real_evaluate = train_mod.evaluate
+    calls = {"n": 0}
+
+    def stop_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated stop")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", stop_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**common, out_dir=str(tmp_path / "cut")))
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    cut = tmp_path / "cut"
+    assert [json.loads(s)["epoch"] for s in (cut / "log.jsonl").read_text().splitlines()] == [1, 2]
+    resumed = train(TrainConfig(**common, out_dir=str(cut), resume=True))
+    assert [e["epoch"] for e in resumed.history] == [1, 2, 3]
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for k, v in full.criterion.state_dict().items():
+        assert torch.equal(v, resumed.criterion.state_dict()[k]), k
+    assert resumed.history[-1]["test_acc"] == full.history[-1]["test_acc"]
+    assert [json.loads(s)["epoch"] for s in (cut / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    # a finished run resumes to nothing; other settings are refused, naming the field
+    again = train(TrainConfig(**common, out_dir=str(cut), resume=True))
+    assert len(again.history) == 3 and torch.equal(again.model.state_dict()["fc.weight"], b["fc.weight"])
+    with pytest.raises(ValueError, match="lr=0.05 \\(now 0.1\\)"):
+        train(TrainConfig(**{**common, "lr": 0.1}, out_dir=str(cut), resume=True))
+    (cut / "resume.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="resume.pt cannot be read"):
+        train(TrainConfig(**common, out_dir=str(cut), resume=True))
