@@ -86,6 +86,10 @@ class LossConfig:
     target_ratio: R in [0, 1]; 0 means "learn freely" (plain L1 pressure, see module docstring).
         Batch-shaping's prior is Beta(R, 1 − R) (mean R); with R = 0 it uses Beta(0.5, 0.5).
     kl_reduction: "mean" (KL / N^l per layer, the reference code's reduction) or "sum".
+    lambda_rt: weight of the response-target term L_rt: per sample, the gate logits are fit (binary
+        cross-entropy) to "this channel is among the round(R·N) strongest of this sample's unit output"
+        (GAP of the unit before gating, detached), per-sample targets from the layer's own responses
+        as in Elkerdawy et al. 2022; a hard, per-sample form of what L_kl asks.
     mi_fit_head: True: each W_cla^l is fit with weight 1 while λm scales only the gradient that L_mi
         sends into the gates. W_cla is an estimator of how much the path tells about the label; with
         its own gradient scaled by λm = 0.01 it stays near chance (L_mi ≈ ln K per layer for a whole
@@ -107,16 +111,17 @@ class LossConfig:
     target_ratio: float = 0.5
     kl_reduction: str = "mean"
     mi_fit_head: bool = True
+    lambda_rt: float = 0.0
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name in ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs", "target_ratio", "eps"):
+        for name in ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs", "lambda_rt", "target_ratio", "eps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"LossConfig.{name}: expected a number, got {v!r} ({type(v).__name__})")
             if not math.isfinite(v):
                 raise ValueError(f"LossConfig.{name}: must be finite, got {v}")
-        for name in ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs"):
+        for name in ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs", "lambda_rt"):
             if getattr(self, name) < 0:
                 raise ValueError(f"LossConfig.{name}: loss weights must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.target_ratio <= 1.0:
@@ -229,6 +234,15 @@ def batch_shaping_loss(p: Tensor, a: float, b: float) -> Tensor:
     return (ecdf - beta_cdf(sorted_p, a, b)).pow(2).mean()
 
 
+def response_targets(y_mean: Tensor, keep: float) -> Tensor:
+    """(B, N) 0/1 targets: per sample, its round(keep·N) channels with the largest GAP response
+    (at least 1), ties to the lower index."""
+    n = y_mean.shape[1]
+    k = max(1, int(round(keep * n)))
+    idx = torch.sort(y_mean.detach(), dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.zeros_like(y_mean).scatter_(1, idx, 1.0)
+
+
 def sparsity_loss(z: Tensor, target_ratio: float) -> Tensor:
     """(B,) | ||z||_1 − R·N | per sample (Eq. 11); R = 0 gives ||z||_1."""
     return (z.sum(dim=1) - target_ratio * z.shape[1]).abs()
@@ -258,6 +272,8 @@ class DecouplingLoss(nn.Module):
         if not isinstance(config, LossConfig):
             raise ValueError(f"DecouplingLoss: config must be a LossConfig, got {type(config).__name__}")
         self.config = config
+        # multiplies lambda_bs; the training loop anneals it (TrainConfig.bs_decay)
+        self.bs_scale = 1.0
         self.num_classes = num_classes
         gate_map = self._collect(model)
         self.classifiers = nn.ModuleDict()
@@ -320,7 +336,7 @@ class DecouplingLoss(nn.Module):
             if t.shape != (batch, n):
                 raise ValueError(f"DecouplingLoss: gate '{path}': {name} has shape {tuple(t.shape)}, "
                                  f"expected ({batch}, {n}) (batch of the logits, channels of the gate)")
-        return g.z, g.y_mean
+        return g.z.float(), g.y_mean.float()  # float32 under bf16 autocast too
 
     def forward(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
@@ -329,12 +345,15 @@ class DecouplingLoss(nn.Module):
         if labels.shape != (b,):
             raise ValueError(f"DecouplingLoss: labels must be ({b},), got {tuple(labels.shape)}")
         cfg = self.config
+        logits = logits.float()
         ce = F.cross_entropy(logits, labels)  # L_ce, batch mean
         mi = logits.new_zeros(())
         kl = logits.new_zeros(())
         sp = logits.new_zeros(())
         bs = logits.new_zeros(())
-        shaping = cfg.lambda_bs > 0 and b >= 2
+        rt = logits.new_zeros(())
+        lambda_bs = cfg.lambda_bs * self.bs_scale
+        shaping = lambda_bs > 0 and b >= 2
         head_fit = logits.new_zeros(())  # L_mi with z detached: W_cla's own objective (mi_fit_head)
         for path, g in self._gates.items():
             z, y_mean = self._checked(path, g, b)  # (B, N^l) each
@@ -348,11 +367,13 @@ class DecouplingLoss(nn.Module):
             kl = kl + (layer_kl / z.shape[1] if cfg.kl_reduction == "mean" else layer_kl)
             sp = sp + sparsity_loss(z, cfg.target_ratio).mean()  # Eq. 11
             if shaping:
-                bs = bs + batch_shaping_loss(gate_on_probability(g.logits), *cfg.prior)
-        total = ce + cfg.lambda_mi * mi + cfg.lambda_kl * kl + cfg.lambda_s * sp + cfg.lambda_bs * bs  # Eq. 12 + L_bs
+                bs = bs + batch_shaping_loss(gate_on_probability(g.logits.float()), *cfg.prior)
+            if cfg.lambda_rt > 0:
+                rt = rt + F.binary_cross_entropy_with_logits(g.logits.float(), response_targets(y_mean, cfg.prior[0]))
+        total = ce + cfg.lambda_mi * mi + cfg.lambda_kl * kl + cfg.lambda_s * sp + lambda_bs * bs + cfg.lambda_rt * rt  # Eq. 12 + L_bs + L_rt
         if cfg.mi_fit_head:
             total = total + (head_fit - head_fit.detach())  # adds W_cla's gradient, not its value
-        return total, {"ce": ce, "mi": mi, "kl": kl, "sparsity": sp, "bs": bs}
+        return total, {"ce": ce, "mi": mi, "kl": kl, "sparsity": sp, "bs": bs, "rt": rt}
 
     def extra_repr(self) -> str:
         c = self.config

@@ -49,7 +49,7 @@ from .nn import gates
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "load_init_weights", "available_cpus"]
 
 
-_LOSS_FIELDS = ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs", "target_ratio", "kl_reduction")
+_LOSS_FIELDS = ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs", "lambda_rt", "target_ratio", "kl_reduction")
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ class TrainConfig:
     lambda_kl: float | None = None
     lambda_s: float | None = None
     lambda_bs: float | None = None
+    lambda_rt: float | None = None
     target_ratio: float | None = None
     kl_reduction: str | None = None
     gate_init: str = "input"  # gates of a dense-initialised gated model (dyninfer.nn.GATE_INITS)
@@ -82,6 +83,10 @@ class TrainConfig:
     # static-mask baseline: every gate frozen to ONE mask, the filters that fire most often for this
     # gated checkpoint on the training split, at its per-layer densities (see static_masks_from)
     static_from: str | None = None
+    # batch-shaping weight decays linearly from lambda_bs to 0 over this fraction of the epochs
+    # (Bejnordi et al. anneal it likewise); None: constant
+    bs_decay: float | None = None
+    autocast: str = "off"  # "bf16": train under CPU bf16 autocast (fast where the CPU has AMX / AVX512_BF16); eval is FP32
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
     init_checkpoint: str | None = None
@@ -127,7 +132,7 @@ class TrainConfig:
                              f"got {self.milestones}")
         if self.target_ratio is not None and not 0 <= self.target_ratio <= 1:
             raise ValueError(f"TrainConfig.target_ratio must lie in [0, 1], got {self.target_ratio}")
-        for name in ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs"):
+        for name in ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs", "lambda_rt"):
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {v}")
@@ -136,6 +141,10 @@ class TrainConfig:
                              "(gated=False)")
         from .nn import GATE_INITS
 
+        if self.autocast not in ("off", "bf16"):
+            raise ValueError(f"TrainConfig.autocast: 'off' or 'bf16', got {self.autocast!r}")
+        if self.bs_decay is not None and not 0 < self.bs_decay <= 1:
+            raise ValueError(f"TrainConfig.bs_decay: a fraction of the epochs in (0, 1], got {self.bs_decay}")
         if self.static_from is not None and not self.gated:
             raise ValueError("TrainConfig.static_from: a static-mask baseline is a gated model (gated=True)")
         if self.gate_init not in GATE_INITS:
@@ -579,13 +588,16 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
         if d.enabled:
             train_loader.sampler.set_epoch(epoch)
         wrapped.train()
+        if cfg.gated and cfg.bs_decay is not None:  # epoch e of E: 1 - (e-1)/(bs_decay*E), floored at 0
+            criterion.bs_scale = max(0.0, 1.0 - (epoch - 1) / (cfg.bs_decay * cfg.epochs))
         lr = opt.param_groups[0]["lr"]
         sums: dict[str, float] = {}
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True,
                    disable=not (cfg.progress and d.main))
         for x, y in bar:
-            total, parts, logits = wrapped(x, y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+                total, parts, logits = wrapped(x, y)
             if not torch.isfinite(total):
                 raise FloatingPointError(f"epoch {epoch}: loss is {total.item()} (lr {lr}); lower the lr")
             opt.zero_grad(set_to_none=True)

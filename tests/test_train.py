@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Subset
 from dyninfer.checkpoint import CheckpointError, load_model, read_metadata
 from dyninfer.cli import main
 from dyninfer.models import create_model
+from dyninfer.nn import gates as dyninfer_gates
 from dyninfer.data import load_dataset
 from dyninfer.train import TrainConfig, evaluate, load_init_weights, train
 
@@ -137,3 +138,36 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monk
     (cut / "resume.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="resume.pt cannot be read"):
         train(TrainConfig(**common, out_dir=str(cut), resume=True))
+
+
+def test_static_baseline_freezes_the_most_frequent_filters(tmp_path):
+    """benchmarks/train_dynamic.py end to end on a few digits: dense, dynamic gated, and its static
+    baseline, whose gates are one constant mask at the gated model's per-layer training-split density."""
+    import importlib.util
+
+    from dyninfer.analysis.conditionality import conditionality
+    from dyninfer.train import static_masks_from
+
+    spec = importlib.util.spec_from_file_location("train_dynamic", "benchmarks/train_dynamic.py")
+    td = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(td)
+    out = tmp_path / "dyn"
+    td.main(["--model", "resnet20", "--dense-epochs", "1", "--epochs", "2", "--batch-size", "32", "--train-subset",
+             "96", "--test-subset", "64", "--threads", "1", "--no-progress", "--out-dir", str(out),
+             "--ship", "0.5", str(tmp_path / "shipped.safetensors")])
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == {"gated_r0.5", "static_r0.5"} and (out / "acc_vs_macs.png").stat().st_size > 0
+    static = load_model(out / "static_r0.5" / "last.safetensors")
+    train_ds = load_dataset("digits", split="train")
+    subset = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0))[:96].tolist()  # as train() draws it
+    expect = static_masks_from(out / "gated_r0.5" / "last.safetensors", Subset(train_ds, subset), static)
+    for name, g in dyninfer_gates(static).items():
+        assert torch.all(g.fc2.weight == 0) and torch.equal(g.fc2.bias > 0, expect["masks"][name]), name
+    test = load_dataset("digits", split="test")
+    x, y = torch.stack([test[i][0] for i in range(64)]), torch.tensor([test[i][1] for i in range(64)])
+    c = conditionality(static, x, y)
+    assert c.dynamic_share == 0.0 and c.static_accuracy == c.accuracy  # one path for every input
+    assert c.density == pytest.approx(expect["density"], abs=1e-6)
+    meta = read_metadata(tmp_path / "shipped.safetensors")
+    assert meta["metrics"]["static_baseline"]["macs_ratio"] == pytest.approx(summary["runs"]["static_r0.5"]["macs_ratio"])
+    assert "dynamic_share" in meta["metrics"]["conditionality"]
