@@ -73,7 +73,7 @@ from torch import Tensor, nn
 from .nn.decouple import gates as _gates
 from .nn.gates import ArchitectureControl
 
-__all__ = ["LossConfig", "DecouplingLoss", "PRESETS", "preset", "list_presets", "kl_z_y", "sparsity_loss",
+__all__ = ["LossConfig", "DecouplingLoss", "PRESETS", "preset", "list_presets", "kl_z_y", "sparsity_loss", "response_targets",
            "batch_shaping_loss", "beta_cdf", "gate_on_probability"]
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyninfer.losses import (PRESETS, DecouplingLoss, LossConfig, batch_shaping_loss, beta_cdf, gate_on_probability,
-                             kl_z_y, list_presets, preset, sparsity_loss)
+                             kl_z_y, list_presets, preset, response_targets, sparsity_loss)
 from dyninfer.nn import ArchitectureControl, decouple, gates
 
 
@@ -114,7 +114,7 @@ def test_each_part_matches_hand_computation(model, kl_reduction, lambda_bs):
             kl += hand_kl(zi, y[i].tolist(), cfg.eps) / b / (n if kl_reduction == "mean" else 1)
             sp += hand_sparsity(zi, cfg.target_ratio) / b
         bs += hand_batch_shaping(g, 0.5, 0.5)
-    assert set(parts) == {"ce", "mi", "kl", "sparsity", "bs"}
+    assert set(parts) == {"ce", "mi", "kl", "sparsity", "bs", "rt"} and parts["rt"].item() == 0.0
     assert parts["bs"].item() == (pytest.approx(bs, rel=1e-5) if lambda_bs else 0.0)
     expect = ce + 0.3 * mi + 0.7 * kl + 0.05 * sp + lambda_bs * bs
     assert total.item() == pytest.approx(expect, rel=1e-5)
@@ -166,6 +166,26 @@ def test_weights_zero_reduce_to_ce(model):
     total, parts = crit(LOGITS, LABELS)
     assert torch.equal(total, parts["ce"])
     assert parts["mi"].item() > 0 and parts["sparsity"].item() > 0  # still reported
+
+
+def test_response_targets_are_each_samples_strongest_channels(model):
+    """L_rt: BCE of the gate logits against 'among the round(R·N) largest y_mean of this sample'."""
+    y = torch.tensor([[0.5, 0.1, 2.0, 0.0, 0.3, 0.1], [1.0, 3.0, 1.0, -1.0, 1.0, 0.2]])
+    assert response_targets(y, 0.5).tolist() == [[1, 0, 1, 0, 1, 0], [1, 1, 1, 0, 0, 0]]  # ties: lower index
+    assert response_targets(y, 0.01).sum(1).tolist() == [1, 1]  # at least one channel
+    crit = DecouplingLoss(model, K, LossConfig(lambda_mi=0, lambda_kl=0, lambda_s=0, lambda_bs=0, lambda_rt=2.0,
+                                               target_ratio=0.5))
+    _set(model, ZS, YS)
+    total, parts = crit(LOGITS, LABELS)
+    hand = 0.0
+    for g, yy in zip(GS, YS):
+        t = response_targets(yy, 0.5)
+        for i in range(g.shape[0]):
+            for c in range(g.shape[1]):
+                p = 1 / (1 + math.exp(-g[i, c].item()))
+                hand -= (t[i, c].item() * math.log(p) + (1 - t[i, c].item()) * math.log(1 - p)) / g.numel()
+    assert parts["rt"].item() == pytest.approx(hand, rel=1e-5)
+    assert total.item() == pytest.approx(parts["ce"].item() + 2.0 * hand, rel=1e-5)
 
 
 def test_beta_cdf_gradient_is_the_pdf():

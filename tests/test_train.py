@@ -42,7 +42,7 @@ def test_short_gated_run_learns_and_sparsifies(tmp_path):
     # sparsity: density moves from 1.0 toward R = 0.5 without collapsing; MACs fall with it
     assert 0.1 < h[-1]["density_mean"] < 0.85, h[-1]["density"]
     assert h[-1]["macs_effective"] < 0.9 * h[-1]["macs_dense"]
-    assert set(h[-1]["train_parts"]) == {"ce", "mi", "kl", "sparsity", "bs"}
+    assert set(h[-1]["train_parts"]) == {"ce", "mi", "kl", "sparsity", "bs", "rt"}
     cond = h[-1]["conditionality"]  # conditionality figures logged every epoch
     assert cond["density"] == h[-1]["density_mean"] and 0.0 <= cond["dynamic_share"] <= 1.0
     assert cond["static_accuracy"] is not None and sum(cond["histogram"]) == 672  # ResNet-20: 6 x (16 + 32 + 64) gated filters
