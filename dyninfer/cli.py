@@ -46,14 +46,24 @@ def register_subcommand(name: str, help: str, add_arguments: Callable[[argparse.
 
 _TRAIN_HELP = {
     "model": "registered model name (dyninfer.models.list_models())",
-    "dataset": "digits (embedded), cifar10, cifar100 or imagefolder",
-    "data_root": "folder of cifar10/cifar100 pickles or of an ImageFolder tree",
+    "dataset": "digits (embedded), fashion_mnist (Debian package dataset-fashion-mnist), cifar10, cifar100 or imagefolder",
+    "data_root": "folder of cifar10/cifar100 pickles, of Fashion-MNIST IDX files, or of an ImageFolder tree",
     "milestones": "fractions of the epochs where the lr is multiplied by --gamma",
     "gate_weight_decay": "weight decay of gate parameters and W_cla (default 0: none)",
     "gated": "train the decoupled (gated) model (--no-gated: dense)",
     "reduction": "gate bottleneck ratio (gamma in the paper)",
     "preset": "loss preset from dyninfer.losses (preset name or model name); lambda flags override it",
     "target_ratio": "R: target fraction of kept channels per layer (0: learn freely)",
+    "lambda_bs": "weight of batch-shaping (rewards gates that are on for some inputs and off for others)",
+    "lambda_rt": "weight of the response-target term (gates fit each sample's strongest channels)",
+    "kl_reduction": "mean (KL / channels, the reference code's reduction) or sum",
+    "gate_init": "input (W1 Kaiming: input-dependent from the start) or open (W1 = 0: the paper's VGG init)",
+    "freeze_gates": "do not train the gate parameters",
+    "static_from": "static-mask baseline: freeze every gate to the most frequent filters of this gated checkpoint",
+    "bs_decay": "batch-shaping weight decays linearly to 0 over this fraction of the epochs",
+    "autocast": "bf16: train under CPU bf16 autocast (faster with AMX / AVX512_BF16); off: FP32",
+    "static_eval": "each epoch, also the accuracy on the static majority path",
+    "resume": "continue from OUT_DIR/resume.pt (saved after every epoch) when it exists",
     "init_checkpoint": "start from this checkpoint (a dense one initialises a gated model)",
     "dense_epochs": "epochs of the dense pre-training done when gated without --init-checkpoint",
     "threads": "torch threads per process (default: cores / processes)",
@@ -118,17 +128,14 @@ def _run_train(args: argparse.Namespace) -> int:
 # demo
 
 # Settings of `dyninfer demo` (ResNet-20 on digits), chosen so the whole demo takes a few minutes
-# on 2 cores and the gated model stays within 2 points of the dense accuracy at mean density
-# <= 0.6 (README.md "Results on digits" records what they gave). Tuning notes, same dense init,
-# 1 thread, runs stopped at epoch 22 of 30: gated lr 0.1 / lambda_s 0.02 stood at 100% test
-# accuracy at density 0.46; lambda_kl = 0.01 at 98.3%; lambda_kl >= 0.1 made accuracy collapse
-# within a few epochs (the summed L_kl is ~50-80 on this model and its gradient swamps the CE of a short
-# run), so the demo uses lambda_kl = 0; lambda_s = 0.05 / lr 0.05 / 20 epochs ended at 95.6%.
+# on 2 cores. The gated run uses the dynamic recipe (dyninfer.losses.LossConfig's defaults, the
+# default of `dyninfer train --gated`); README "Dynamic gates" records what it gave and how the
+# recipe was chosen.
 DEMO_SETTINGS: dict[str, Any] = {
     "model": "resnet20",
     "dataset": "digits",
     "dense": {"epochs": 15, "lr": 0.1},
-    "gated": {"epochs": 30, "lr": 0.1, "lambda_mi": 0.01, "lambda_kl": 0.0, "lambda_s": 0.02, "target_ratio": 0.5},
+    "gated": {"epochs": 30, "lr": 0.1},
 }
 
 
@@ -221,12 +228,20 @@ def demo(out_dir: str | Path = "runs/demo", seed: int = 0, progress: bool = True
     ]
     table = _format_table(rows)
     print("\n" + table)
+    cond = gated.final["conditionality"]
+    print(f"conditionality of the gated model on the {cond['num_inputs']} test images: "
+          f"{100 * cond['dynamic_share']:.1f}% of gated filters dynamic (firing rate in [0.05, 0.95]), path entropy "
+          f"{cond['path_entropy_per_filter']:.3f} bits/filter, paths of the same class differ in "
+          f"{100 * cond['hamming_same']:.1f}% of bits and of other classes in {100 * cond['hamming_diff']:.1f}%; "
+          f"forcing every input onto the static majority path (same density) gives "
+          f"{100 * cond['static_accuracy']:.2f}% ({-cond['static_drop']:+.2f} points)")
     print("MACs: per sample, counted by dyninfer.flops.count_macs from the eval-mode gate decisions on "
           f"{gated.config.macs_samples} test images (gated row includes the gates' own cost); "
           f"vs dense = effective / dense-model MACs.")
     print(f"training took {train_seconds:.0f}s")
     engine = _demo_engine_step(dense.model, gated.model)
     summary = {"rows": rows, "table": table, "settings": s, "seed": seed, "train_seconds": train_seconds,
+               "conditionality": cond,
                "threads": dense.extra.get("threads"),
                "total_seconds": time.perf_counter() - t0, "engine": engine,
                "accuracy_drop_points": 100 * (dense.final["test_acc"] - gated.final["test_acc"])}

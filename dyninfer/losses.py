@@ -10,19 +10,28 @@ Every per-sample quantity is averaged over the batch; layers are summed, not ave
 
 Two settings of the terms exist (``LossConfig``):
 
-* The **dynamic recipe** (``LossConfig()``'s defaults, what ``dyninfer train --gated`` uses): the
-  paper's four terms plus batch-shaping, with the KL averaged over channels. The paper's objective
-  alone admits a static mask: L_s is a per-sample L1 averaged over the batch, which one fixed
-  mask with R·N channels satisfies exactly, and L_mi is content with a fixed mask plus a few
-  switching filters. Batch-shaping rewards what a static mask lacks: for each gate c of a layer,
-  the on-probabilities p_c = Φ(g_c) of the B samples of a batch (Φ the normal CDF: the chance that
-  the training-time noisy gate g + α, α ~ N(0, 1), opens) are sorted, and their empirical CDF is
-  matched to a U-shaped Beta(R, 1 − R) prior. A gate that is always on or always off puts every
-  sample at one end and pays ≈ (1 − R)² / 3 or R² / 3 per channel; a gate that is decisively on for
-  a share R of the samples and off for the rest pays ≈ 0. Its gradient is the Beta pdf (clipped to
-  [1e-3, 100] where it diverges at 0 and 1, as in the reference implementation).
+* The **dynamic recipe** (``LossConfig()``'s defaults, what ``dyninfer train --gated`` uses). The
+  paper's objective alone admits a static mask: L_s is a per-sample L1 averaged over the batch,
+  which one fixed mask with R·N channels satisfies exactly, and L_mi is content with a fixed mask
+  plus a few switching filters (measured: 0.4% dynamic filters on digits). The recipe adds two terms
+  that a static mask cannot satisfy:
+  - **response targets** L_rt (λrt = 1): per sample, each gate's logits are fit (binary
+    cross-entropy) to "this channel is among the round(R·N) strongest responses (GAP of the unit's
+    output before gating, detached) of THIS input". The targets change with the input, so the
+    gates learn per-input decisions that keep the channels each input actually uses (Elkerdawy et
+    al. 2022 give each sample its own target from the dense layer's responses; this is the hard,
+    per-sample form of what L_kl asks, so the recipe sets λk = 0);
+  - **batch-shaping** L_bs (λbs = 1, annealed to 0 over the first 75% of the epochs by the training
+    loop, as Bejnordi et al. anneal it): for each gate c of a layer, the on-probabilities
+    p_c = Φ(g_c) of the B samples of a batch (Φ the normal CDF: the chance that the training-time
+    noisy gate g + α, α ~ N(0, 1), opens) are sorted, and their empirical CDF is matched to a
+    U-shaped Beta(R, 1 − R) prior. A gate that is always on or always off pays ≈ (1 − R)² / 3 or R² / 3
+    per channel; one that is decisively on for a share R of the samples pays ≈ 0. Its gradient is
+    the Beta pdf (clipped to [1e-3, 100] where it diverges at 0 and 1, as in the reference code).
+  The auxiliary classifiers W_cla of L_mi are fit at full weight and λm = 0.05 scales only their
+  pull on the gates (``mi_fit_head``). Gates start input-dependent (``TrainConfig.gate_init``).
 * The **paper presets** (``PRESETS``: the hyper-parameters published with the reference code,
-  ``lambda_bs = 0``, KL summed over channels).
+  no batch-shaping or response targets, KL summed over channels).
 
 KL reduction (``kl_reduction``): "sum" is Σ_c p log(p/q) per sample, a proper KL between the two
 normalised vectors; summed over the 54 layers of ResNet-56 it is 50–80 at the start of training and
@@ -96,22 +105,22 @@ class LossConfig:
         digits run, measured) and gives the gates no signal. False: the paper's λm·L_mi on both.
     eps: smoothing of the KL normalisation and logs (see module docstring); must be > 0.
 
-    The defaults are the dynamic recipe (module docstring): R = 0.5 with batch-shaping and the
-    channel-mean KL. Where the values come from: λm = 0.01 and λs = 0.02 with R = 0.5 are the
-    reference code's ResNet-56 λm and the λs that held density at R on digits (dyninfer's earlier
-    shipped model); λk = 1 is the reference code's ResNet-56 weight, usable once the KL is a channel
-    mean; λbs = 1 is the scale of Bejnordi et al.'s γ (0.75) for a loss averaged, not summed, over
-    gates, chosen by the measurements in README "Dynamic gates".
+    The defaults are the dynamic recipe (module docstring), R = 0.5. Where the values come from:
+    λs = 0.02 with R = 0.5 held the density at R on digits (the earlier shipped model); λbs = 1 is
+    the scale of Bejnordi et al.'s γ (0.75) for a loss averaged, not summed, over gates; λrt = 1
+    makes L_rt (a mean BCE per layer, ≈ 0.5 each) about as large as L_ce early in fine-tuning;
+    λm = 0.05 sits between the reference code's 0.01 (ResNet-56) and 0.04 (VGG). The choice among
+    variants is measured by benchmarks/recipe_ablation.py (README "Dynamic gates").
     """
 
-    lambda_mi: float = 0.01
-    lambda_kl: float = 1.0
+    lambda_mi: float = 0.05
+    lambda_kl: float = 0.0
     lambda_s: float = 0.02
     lambda_bs: float = 1.0
     target_ratio: float = 0.5
     kl_reduction: str = "mean"
     mi_fit_head: bool = True
-    lambda_rt: float = 0.0
+    lambda_rt: float = 1.0
     eps: float = 1e-6
 
     def __post_init__(self) -> None:

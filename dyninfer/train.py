@@ -85,7 +85,7 @@ class TrainConfig:
     static_from: str | None = None
     # batch-shaping weight decays linearly from lambda_bs to 0 over this fraction of the epochs
     # (Bejnordi et al. anneal it likewise); None: constant
-    bs_decay: float | None = None
+    bs_decay: float | None = 0.75
     autocast: str = "off"  # "bf16": train under CPU bf16 autocast (fast where the CPU has AMX / AVX512_BF16); eval is FP32
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists

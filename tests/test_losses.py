@@ -90,7 +90,7 @@ LOGITS = torch.tensor([[0.1, -0.3, 0.7], [1.5, 0.2, -0.4]])
 
 @pytest.mark.parametrize("kl_reduction,lambda_bs", [("sum", 0.0), ("mean", 0.4)])
 def test_each_part_matches_hand_computation(model, kl_reduction, lambda_bs):
-    cfg = LossConfig(lambda_mi=0.3, lambda_kl=0.7, lambda_s=0.05, target_ratio=0.5, kl_reduction=kl_reduction,
+    cfg = LossConfig(lambda_mi=0.3, lambda_kl=0.7, lambda_s=0.05, target_ratio=0.5, kl_reduction=kl_reduction, lambda_rt=0.0,
                      lambda_bs=lambda_bs)
     crit = DecouplingLoss(model, K, cfg)
     assert crit.gate_paths == ["conv1_gate", "conv2_gate"]
@@ -161,7 +161,7 @@ def test_r_zero_is_plain_l1_not_normalised(model):
 
 
 def test_weights_zero_reduce_to_ce(model):
-    crit = DecouplingLoss(model, K, LossConfig(lambda_mi=0.0, lambda_kl=0.0, lambda_s=0.0, lambda_bs=0.0))
+    crit = DecouplingLoss(model, K, LossConfig(lambda_mi=0.0, lambda_kl=0.0, lambda_s=0.0, lambda_bs=0.0, lambda_rt=0.0))
     _set(model, ZS, YS)
     total, parts = crit(LOGITS, LABELS)
     assert torch.equal(total, parts["ce"])
