@@ -19,9 +19,9 @@ from dyninfer.train import TrainConfig, train
 
 # name -> (what it tests, TrainConfig overrides); all at target ratio R = 0.5
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "paper": ("the paper's objective as shipped before: open gates (W1 = 0), λk = 0, no batch-shaping",
-              dict(gate_init="open", lambda_mi=0.01, lambda_kl=0.0, lambda_s=0.02, lambda_bs=0.0, lambda_rt=0.0,
-                   kl_reduction="sum", bs_decay=None)),
+    "paper": ("the paper's objective as dyninfer shipped it before: open gates (W1 = 0), λm = 0.01, λk = 0, "
+              "λs = 0.02, no batch-shaping or response targets",
+              dict(preset="resnet56_cifar", gate_init="open", lambda_kl=0.0, lambda_s=0.02)),
     "bs": ("input-dependent init, channel-mean KL (λk = 1), batch-shaping λbs = 1 constant",
            dict(lambda_mi=0.01, lambda_kl=1.0, lambda_bs=1.0, lambda_rt=0.0, bs_decay=None)),
     "bs_decay": ("as 'bs' with λm = 0.05 and λbs annealed to 0 over 75% of the epochs",
