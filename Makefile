@@ -33,7 +33,7 @@ bench: install
 	$(PY) benchmarks/bench_engine.py --runs 300
 	$(PY) benchmarks/isa_cap.py avx2 benchmarks/bench_engine.py --runs 300 --out benchmarks/results/engine_avx2cap.json \
 		|| echo "AVX2-capped engine benchmark skipped (no CPUID faulting on this machine)"
-	$(PY) -m dyninfer.cli bench --checkpoint dyninfer/assets/resnet56_digits_r05.safetensors \
+	$(PY) -m dyninfer.cli bench --checkpoint dyninfer/assets/resnet56_digits_dynamic.safetensors \
 		--batch-sizes 1 8 --threads 1 2 --runs 200 --out benchmarks/results/bench_resnet56.json \
 		--plots benchmarks/results --no-progress
 	$(PY) benchmarks/scaling.py

@@ -7,7 +7,7 @@ Part 1, density sweep (1 thread, batch 1, torch.set_num_threads(1), ORT intra/in
   models ResNet-20/56/110, vgg16_cifar, googlenet_cifar (3×32×32, digits test images) and
   resnet18 (3×224×224, seeded normal inputs), random init (seed 0, untrained: their gates are
   open, so the density is controlled with force_keep), plus the trained ResNet-56 checkpoint
-  dyninfer/assets/resnet56_digits_r05.safetensors (with its learned gates as one more point).
+  dyninfer/assets/resnet56_digits_dynamic.safetensors (with its learned gates as one more point).
   Per model, timed side by side in rotation (dyninfer.bench's scheme): ONNX Runtime (dense
   reference), the engine in dense mode (gates open) and the engine with force_keep 1.0 / 0.75 /
   0.5 / 0.25, plus PyTorch eager when one call × (runs + warmup) is estimated below 2 s.
@@ -39,7 +39,7 @@ from dyninfer.bench_plots import _pyplot, linear_fit
 from dyninfer.flops import count_macs
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSET = ROOT / "dyninfer" / "assets" / "resnet56_digits_r05.safetensors"
+ASSET = ROOT / "dyninfer" / "assets" / "resnet56_digits_dynamic.safetensors"
 MODELS = ("resnet20", "resnet56", "resnet110", "vgg16_cifar", "googlenet_cifar", "resnet18", str(ASSET))
 SWEEP = (1.0, 0.75, 0.5, 0.25)
 BATCHES = (1, 2, 4, 8, 16, 32)

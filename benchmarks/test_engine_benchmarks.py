@@ -20,7 +20,7 @@ from dyninfer.bench import onnxruntime_runner
 from dyninfer.data import load_dataset
 from dyninfer.flops import count_macs
 
-ASSET = Path(dyninfer.__file__).parent / "assets" / "resnet56_digits_r05.safetensors"
+ASSET = Path(dyninfer.__file__).parent / "assets" / "resnet56_digits_dynamic.safetensors"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,7 +34,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def resnet56():
     if not ASSET.exists():
-        pytest.skip("shipped checkpoint missing: run benchmarks/train_resnet56_digits.py")
+        pytest.skip("shipped checkpoint missing: run benchmarks/train_dynamic.py")
     gated = checkpoint.load_model(ASSET)
     dense = dyninfer.create_model("resnet56", num_classes=gated.fc.out_features, gated=False).eval()
     dense.load_state_dict({k: v for k, v in gated.state_dict().items() if "_gate" not in k})

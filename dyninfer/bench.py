@@ -1,7 +1,7 @@
 """``dyninfer bench``: dyninfer against dense CPU runtimes, one process, side by side.
 
     run_bench("resnet56", batch_sizes=(1, 8), threads=(1, 2), runs=200, out="bench.json")
-    dyninfer bench --checkpoint dyninfer/assets/resnet56_digits_r05.safetensors --threads 1 2
+    dyninfer bench --checkpoint dyninfer/assets/resnet56_digits_dynamic.safetensors --threads 1 2
 
 For every (threads, batch) setting: torch.set_num_threads(t), then one runner per peer
 

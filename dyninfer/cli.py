@@ -221,7 +221,7 @@ def demo(out_dir: str | Path = "runs/demo", seed: int = 0, progress: bool = True
         {"model": f"dense {s['model']}", "test_acc": dense.final["test_acc"], "density_mean": 1.0,
          "macs_effective": dense.final["macs_effective"], "macs_ratio": dense.final["macs_effective"] / dense_macs,
          "checkpoint": str(dense.last_path)},
-        {"model": f"gated {s['model']} R={s['gated']['target_ratio']}", "test_acc": gated.final["test_acc"],
+        {"model": f"gated {s['model']} R={gated.loss_config.target_ratio}", "test_acc": gated.final["test_acc"],
          "density_mean": gated.final["density_mean"], "macs_effective": gated.final["macs_effective"],
          "macs_ratio": gated.final["macs_effective"] / dense_macs, "checkpoint": str(gated.last_path),
          "density_per_layer": gated.final["density"]},
@@ -234,7 +234,7 @@ def demo(out_dir: str | Path = "runs/demo", seed: int = 0, progress: bool = True
           f"{cond['path_entropy_per_filter']:.3f} bits/filter, paths of the same class differ in "
           f"{100 * cond['hamming_same']:.1f}% of bits and of other classes in {100 * cond['hamming_diff']:.1f}%; "
           f"forcing every input onto the static majority path (same density) gives "
-          f"{100 * cond['static_accuracy']:.2f}% ({-cond['static_drop']:+.2f} points)")
+          f"{100 * cond['static_accuracy']:.2f}% (the per-input paths are worth {cond['static_drop']:+.2f} points)")
     print("MACs: per sample, counted by dyninfer.flops.count_macs from the eval-mode gate decisions on "
           f"{gated.config.macs_samples} test images (gated row includes the gates' own cost); "
           f"vs dense = effective / dense-model MACs.")

@@ -32,7 +32,7 @@ from .states import filter_states, plot_filter_states
 __all__ = ["AnalyzeConfig", "run_analysis", "DEFAULT_CHECKPOINT", "DEFAULT_DENSE_CHECKPOINT"]
 
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_CHECKPOINT = str(_ASSETS / "resnet56_digits_r05.safetensors")
+DEFAULT_CHECKPOINT = str(_ASSETS / "resnet56_digits_dynamic.safetensors")
 DEFAULT_DENSE_CHECKPOINT = str(_ASSETS / "resnet56_digits_dense.safetensors")
 
 
