@@ -86,6 +86,10 @@ class TrainConfig:
     # batch-shaping weight decays linearly from lambda_bs to 0 over this fraction of the epochs
     # (Bejnordi et al. anneal it likewise); None: constant
     bs_decay: float | None = 0.75
+    # from this fraction of the epochs on, gates train on their eval decisions 1(g > 0) (no SemHash
+    # noise, no soft half), so the last epochs fit the weights and BN statistics to the paths that
+    # inference runs; None: SemHash to the end (the paper)
+    hard_gates_from: float | None = 0.75
     autocast: str = "off"  # "bf16": train under CPU bf16 autocast (fast where the CPU has AMX / AVX512_BF16); eval is FP32
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
@@ -143,6 +147,8 @@ class TrainConfig:
 
         if self.autocast not in ("off", "bf16"):
             raise ValueError(f"TrainConfig.autocast: 'off' or 'bf16', got {self.autocast!r}")
+        if self.hard_gates_from is not None and not 0 <= self.hard_gates_from <= 1:
+            raise ValueError(f"TrainConfig.hard_gates_from: a fraction of the epochs in [0, 1], got {self.hard_gates_from}")
         if self.bs_decay is not None and not 0 < self.bs_decay <= 1:
             raise ValueError(f"TrainConfig.bs_decay: a fraction of the epochs in (0, 1], got {self.bs_decay}")
         if self.static_from is not None and not self.gated:
@@ -590,6 +596,10 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
         wrapped.train()
         if cfg.gated and cfg.bs_decay is not None:  # epoch e of E: 1 - (e-1)/(bs_decay*E), floored at 0
             criterion.bs_scale = max(0.0, 1.0 - (epoch - 1) / (cfg.bs_decay * cfg.epochs))
+        if cfg.gated:  # epoch e (1-based) is hard when e - 1 >= hard_gates_from * E
+            hard = cfg.hard_gates_from is not None and epoch - 1 >= cfg.hard_gates_from * cfg.epochs
+            for g in gates(model).values():
+                g.hard = hard
         lr = opt.param_groups[0]["lr"]
         sums: dict[str, float] = {}
         loss_sum, correct, seen = 0.0, 0, 0

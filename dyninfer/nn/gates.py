@@ -34,16 +34,22 @@ def saturating_sigmoid(x: Tensor) -> Tensor:
     return torch.clamp(1.2 * torch.sigmoid(x) - 0.1, 0.0, 1.0)
 
 
-def improved_semhash(g: Tensor, training: bool, generator: torch.Generator | None = None) -> Tensor:
+def improved_semhash(g: Tensor, training: bool, generator: torch.Generator | None = None, hard: bool = False) -> Tensor:
     """Binary channel decisions from gate logits ``g`` of shape (B, N).
 
     In training a random half of the samples (exactly ``B // 2``, plus the middle one of an odd
     batch with probability 1/2) take the hard vector v2 with the gradient of v1; the rest take v1.
+    ``hard=True`` (the end of a training run, TrainConfig.hard_gates_from): no noise and every sample
+    takes the eval decision 1(g > 0), with the gradient of saturating_sigmoid(g), so the network
+    finishes training on exactly the paths it will run at inference.
     """
     if g.dim() != 2:
         raise ValueError(f"improved_semhash: expected gate logits of shape (B, N), got {tuple(g.shape)}")
     if not training:
         return (g > 0).to(g.dtype)
+    if hard:  # the eval decision 1(g > 0) in the forward pass, gradient of saturating_sigmoid(g)
+        v1 = saturating_sigmoid(g)
+        return v1 + ((g > 0).to(g.dtype) - v1).detach()
     noise = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype)
     noisy = g + noise
     v1 = saturating_sigmoid(noisy)
@@ -92,6 +98,9 @@ class ArchitectureControl(nn.Module):
         # When not None, eval-mode decisions are overridden: keep this fraction of channels
         # (the highest logits). Used by density sweeps; never set during training.
         self.force_keep: float | None = None
+        # Training-mode decisions are the eval ones (no noise, all samples hard); set by the
+        # training loop for the last epochs (TrainConfig.hard_gates_from).
+        self.hard = False
 
     def reset_open(self) -> None:
         self.reset_parameters("open")
@@ -139,7 +148,7 @@ class ArchitectureControl(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         g = self.gate_logits(x)
-        z = improved_semhash(g, self.training)
+        z = improved_semhash(g, self.training, hard=self.hard)
         if self.force_keep is not None and not self.training:
             z = topk_mask(g, self.force_keep)
         self.logits = g
