@@ -450,8 +450,14 @@ RESUME_FILE = "resume.pt"
 _RESUME_FREE = {"resume", "progress", "threads", "num_workers"}
 
 
+# fields that only a gated run reads: a dense run's resume state ignores them
+_GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "hard_gates_from",
+               "static_eval"}
+
+
 def _resume_config(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in cfg.to_json().items() if k not in _RESUME_FREE}
+    skip = _RESUME_FREE | (set() if cfg.gated else _GATED_ONLY)
+    return {k: v for k, v in cfg.to_json().items() if k not in skip}
 
 
 def _save_resume(path: Path, cfg: TrainConfig, epoch: int, model: nn.Module, criterion: nn.Module, opt, sched,
@@ -488,7 +494,11 @@ def _load_resume(path: Path, cfg: TrainConfig, model: nn.Module, criterion: nn.M
         raise ckpt.CheckpointError(f"resume state {path} cannot be read ({type(exc).__name__}: {exc}); "
                                    f"delete it to start the run afresh") from None
     mine = _resume_config(cfg)
-    differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    # a field added to TrainConfig after the state was written counts as equal at its default
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    if not cfg.gated:
+        saved = {k: v for k, v in saved.items() if k not in _GATED_ONLY}
+    differ = sorted(k for k in set(saved) | set(mine) if saved.get(k, defaults.get(k)) != mine.get(k))
     if differ:
         raise ValueError(f"--resume: {path} was written by a run with other settings: "
                          + ", ".join(f"{k}={saved.get(k)!r} (now {mine.get(k)!r})" for k in differ[:6])
