@@ -90,6 +90,9 @@ class TrainConfig:
     # noise, no soft half), so the last epochs fit the weights and BN statistics to the paths that
     # inference runs; None: SemHash to the end (the paper)
     hard_gates_from: float | None = 0.75
+    # during those hard epochs only L_ce and L_s train the network (L_mi, L_kl, L_rt off): the gates
+    # keep learning through the cross-entropy alone
+    ce_finish: bool = False
     autocast: str = "off"  # "bf16": train under CPU bf16 autocast (fast where the CPU has AMX / AVX512_BF16); eval is FP32
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
@@ -447,12 +450,12 @@ def _epoch_line(e: dict[str, Any], epochs: int) -> str:
 
 RESUME_FILE = "resume.pt"
 # TrainConfig fields that may differ between a run and its resumption
-_RESUME_FREE = {"resume", "progress", "threads", "num_workers"}
+_RESUME_FREE = {"resume", "progress", "threads", "num_workers", "out_dir"}
 
 
 # fields that only a gated run reads: a dense run's resume state ignores them
 _GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "hard_gates_from",
-               "static_eval"}
+               "ce_finish", "static_eval"}
 
 
 def _resume_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -496,9 +499,13 @@ def _load_resume(path: Path, cfg: TrainConfig, model: nn.Module, criterion: nn.M
     mine = _resume_config(cfg)
     # a field added to TrainConfig after the state was written counts as equal at its default
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    if not cfg.gated:
-        saved = {k: v for k, v in saved.items() if k not in _GATED_ONLY}
+    ignored = _RESUME_FREE | (set() if cfg.gated else _GATED_ONLY)
+    saved = {k: v for k, v in saved.items() if k not in ignored}
     differ = sorted(k for k in set(saved) | set(mine) if saved.get(k, defaults.get(k)) != mine.get(k))
+    assumed = sorted(k for k in mine if k not in saved and not differ)
+    if assumed:
+        print(f"[dyninfer] --resume: {path} predates the settings {', '.join(assumed)}; taken at their defaults "
+              f"({', '.join(f'{k}={mine[k]!r}' for k in assumed)}) for the epochs still to run", flush=True)
     if differ:
         raise ValueError(f"--resume: {path} was written by a run with other settings: "
                          + ", ".join(f"{k}={saved.get(k)!r} (now {mine.get(k)!r})" for k in differ[:6])
@@ -610,6 +617,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
             hard = cfg.hard_gates_from is not None and epoch - 1 >= cfg.hard_gates_from * cfg.epochs
             for g in gates(model).values():
                 g.hard = hard
+            criterion.aux_scale = 0.0 if hard and cfg.ce_finish else 1.0
         lr = opt.param_groups[0]["lr"]
         sums: dict[str, float] = {}
         loss_sum, correct, seen = 0.0, 0, 0
