@@ -283,9 +283,6 @@ class DecouplingLoss(nn.Module):
         self.config = config
         # multiplies lambda_bs; the training loop anneals it (TrainConfig.bs_decay)
         self.bs_scale = 1.0
-        # multiplies lambda_mi, lambda_kl and lambda_rt; the training loop sets it to 0 for a
-        # cross-entropy finish (TrainConfig.ce_finish)
-        self.aux_scale = 1.0
         self.num_classes = num_classes
         gate_map = self._collect(model)
         self.classifiers = nn.ModuleDict()
@@ -382,9 +379,8 @@ class DecouplingLoss(nn.Module):
                 bs = bs + batch_shaping_loss(gate_on_probability(g.logits.float()), *cfg.prior)
             if cfg.lambda_rt > 0:
                 rt = rt + F.binary_cross_entropy_with_logits(g.logits.float(), response_targets(y_mean, cfg.prior[0]))
-        a = self.aux_scale
-        total = ce + a * (cfg.lambda_mi * mi + cfg.lambda_kl * kl + cfg.lambda_rt * rt) + cfg.lambda_s * sp + lambda_bs * bs  # Eq. 12 + L_bs + L_rt
-        if cfg.mi_fit_head and a > 0:
+        total = ce + cfg.lambda_mi * mi + cfg.lambda_kl * kl + cfg.lambda_s * sp + lambda_bs * bs + cfg.lambda_rt * rt  # Eq. 12 + L_bs + L_rt
+        if cfg.mi_fit_head:
             total = total + (head_fit - head_fit.detach())  # adds W_cla's gradient, not its value
         return total, {"ce": ce, "mi": mi, "kl": kl, "sparsity": sp, "bs": bs, "rt": rt}
 

@@ -90,9 +90,6 @@ class TrainConfig:
     # noise, no soft half), so the last epochs fit the weights and BN statistics to the paths that
     # inference runs; None: SemHash to the end (the paper)
     hard_gates_from: float | None = 0.75
-    # during those hard epochs only L_ce and L_s train the network (L_mi, L_kl, L_rt off): the gates
-    # keep learning through the cross-entropy alone
-    ce_finish: bool = False
     autocast: str = "off"  # "bf16": train under CPU bf16 autocast (fast where the CPU has AMX / AVX512_BF16); eval is FP32
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
@@ -455,7 +452,7 @@ _RESUME_FREE = {"resume", "progress", "threads", "num_workers", "out_dir"}
 
 # fields that only a gated run reads: a dense run's resume state ignores them
 _GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "hard_gates_from",
-               "ce_finish", "static_eval"}
+               "static_eval"}
 
 
 def _resume_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -617,7 +614,6 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
             hard = cfg.hard_gates_from is not None and epoch - 1 >= cfg.hard_gates_from * cfg.epochs
             for g in gates(model).values():
                 g.hard = hard
-            criterion.aux_scale = 0.0 if hard and cfg.ce_finish else 1.0
         lr = opt.param_groups[0]["lr"]
         sums: dict[str, float] = {}
         loss_sum, correct, seen = 0.0, 0, 0
