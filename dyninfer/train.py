@@ -490,14 +490,17 @@ def _load_resume(path: Path, cfg: TrainConfig, model: nn.Module, criterion: nn.M
             raise ValueError(f"format {state.get('format')!r} version {state.get('version')!r}, "
                              f"expected 'dyninfer-resume' version 1")
         saved = json.loads(state["config"])
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     except Exception as exc:  # torch.load raises many types on a corrupt file
         raise ckpt.CheckpointError(f"resume state {path} cannot be read ({type(exc).__name__}: {exc}); "
                                    f"delete it to start the run afresh") from None
     mine = _resume_config(cfg)
-    # a field added to TrainConfig after the state was written counts as equal at its default
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     ignored = _RESUME_FREE | (set() if cfg.gated else _GATED_ONLY)
-    saved = {k: v for k, v in saved.items() if k not in ignored}
+    gone = sorted(k for k in saved if k not in defaults)
+    if gone:
+        print(f"[dyninfer] --resume: {path} names settings this version no longer has: {', '.join(gone)}", flush=True)
+    saved = {k: v for k, v in saved.items() if k not in ignored and k in defaults}
+    # a field added to TrainConfig after the state was written counts as equal at its default
     differ = sorted(k for k in set(saved) | set(mine) if saved.get(k, defaults.get(k)) != mine.get(k))
     assumed = sorted(k for k in mine if k not in saved and not differ)
     if assumed:
