@@ -49,6 +49,7 @@ def main(argv=None) -> None:
                 ax.plot(*zip(*sorted(static)), "s--", label="static mask, same MACs, fine-tuned")
             ax.axhline(dense, color="grey", ls=":", label="dense")
             ax.set_title(title, fontsize=10)
+            ax.set_xlim(0, 1)
             ax.set_xlabel("effective MACs / dense (per sample, gates included)")
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
