@@ -50,3 +50,22 @@ def test_shipped_gated_checkpoint_compiles_matches_pytorch_and_is_dynamic(asset)
 def test_the_digits_resnet56_is_shipped():
     """The engine benchmark's and `dyninfer analyze`'s default model."""
     assert ASSETS / "resnet56_digits_dynamic.safetensors" in GATED
+
+
+DENSE = sorted(ASSETS.glob("*_dense.safetensors"))
+
+
+@pytest.mark.parametrize("asset", DENSE, ids=[p.stem for p in DENSE])
+def test_shipped_dense_checkpoint_is_a_trained_dense_model(asset):
+    """The dense models the gated ones were fine-tuned from (and `dyninfer analyze`'s baselines)."""
+    meta = checkpoint.read_metadata(asset)
+    assert not meta["config"]["model"]["gated"] and asset.stat().st_size < 5e6
+    model = checkpoint.load_model(asset)
+    test = load_dataset(meta["config"]["train"]["dataset"], split="test")
+    n = min(500, len(test))
+    x = torch.stack([test[i][0] for i in range(n)])
+    y = torch.tensor([int(test[i][1]) for i in range(n)])
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc > 0.85 and abs(acc - meta["metrics"]["test_acc"]) < 0.05
