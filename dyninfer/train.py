@@ -21,8 +21,15 @@ last.safetensors (dyninfer.checkpoint format); a dense pre-training run writes t
 
 Reported per epoch: train loss and each loss part (batch means), train and test accuracy, the
 eval-mode gate density of every gated layer (mean of z over the test set and channels), the
-overall density (kept channels / gated channels, all layers pooled), and MACs per sample from
-dyninfer.flops.count_macs (dense and effective, averaged over ``macs_samples`` test images).
+overall density (kept channels / gated channels, all layers pooled), MACs per sample from
+dyninfer.flops.count_macs (dense and effective, averaged over ``macs_samples`` test images), and
+for gated models the conditionality figures of dyninfer.analysis.conditionality (share of dynamic
+filters, path entropy, same/other-class Hamming distance, static-majority-path accuracy), which
+the checkpoints' metrics keep too.
+
+Resume: after every epoch the run writes ``out_dir/resume.pt`` (weights, W_cla, optimiser,
+scheduler, RNG and sampler state, the log so far) atomically; ``resume=True`` continues from it, and
+a single-process run resumed this way ends with the weights of an uninterrupted one.
 """
 from __future__ import annotations
 
