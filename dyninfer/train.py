@@ -2,7 +2,7 @@
 
     result = train(TrainConfig(model="resnet20", dataset="digits", gated=True, preset=...))
 
-Recipe (DESIGN.md Sec. 1): SGD momentum 0.9, lr ÷10 at 50% and 75% of the epochs, weight decay
+Recipe (the paper's): SGD momentum 0.9, lr ÷10 at 50% and 75% of the epochs, weight decay
 1e-4 on the network. Gate parameters (``*_gate.*``) and the loss's auxiliary classifiers W_cla get
 NO weight decay (``gate_weight_decay=0``): decay would pull every gate logit toward its threshold
 0 and so fight the sparsity target R that L_s alone is meant to set. A gated run without

@@ -1,5 +1,5 @@
 """dyninfer bench: end to end on ResNet-20 (few runs), every field in every row, unavailable peers
-reported, MACs equal to dyninfer.flops, density sweep / profile in the JSON, figures written. No timing asserts (DESIGN.md section 3)."""
+reported, MACs equal to dyninfer.flops, density sweep / profile in the JSON, figures written. No timing asserts: timings are too noisy on shared machines."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
 """Image transforms written with torch and PIL only (torchvision does not import beside the CPU
-torch build this project targets, DESIGN.md Sec. 4).
+torch build this project targets).
 
 Random decisions draw from torch's global generator, so ``torch.manual_seed`` makes a run
 repeatable (the training loop uses num_workers=0 by default).
