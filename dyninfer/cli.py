@@ -61,6 +61,7 @@ _TRAIN_HELP = {
     "freeze_gates": "do not train the gate parameters",
     "static_from": "static-mask baseline: freeze every gate to the most frequent filters of this gated checkpoint",
     "bs_decay": "batch-shaping weight decays linearly to 0 over this fraction of the epochs",
+    "hard_gates_from": "from this fraction of the epochs on, gates train on their eval decisions (no noise)",
     "autocast": "bf16: train under CPU bf16 autocast (faster with AMX / AVX512_BF16); off: FP32",
     "static_eval": "each epoch, also the accuracy on the static majority path",
     "resume": "continue from OUT_DIR/resume.pt (saved after every epoch) when it exists",
@@ -87,14 +88,23 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        tp, _ = _field_type(hints[f.name])
+        tp, optional = _field_type(hints[f.name])
         help_ = _TRAIN_HELP.get(f.name, "") + f" (default: {f.default})"
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         elif typing.get_origin(tp) is tuple:
             p.add_argument(flag, type=float, nargs="+", default=list(f.default), help=help_)
+        elif optional and f.default is not None:  # e.g. --hard-gates-from none turns the step off
+            p.add_argument(flag, type=_none_or(tp), default=f.default, help=help_ + "; 'none' turns it off")
         else:
             p.add_argument(flag, type=tp, default=f.default, help=help_)
+
+
+def _none_or(tp):
+    def parse(v: str):
+        return None if v.lower() == "none" else tp(v)
+    parse.__name__ = tp.__name__  # argparse names the type in its error messages
+    return parse
 
 
 def _config_from_args(args: argparse.Namespace):
