@@ -153,7 +153,7 @@ class LossConfig:
 # batch-shaping, KL summed over channels. Where λk is not published (every setting except
 # ResNet-56) it is 1.0, the ResNet-56 value. The CIFAR settings publish no R: they train with
 # R = 0 (learn freely).
-_PAPER = dict(lambda_bs=0.0, kl_reduction="sum", mi_fit_head=False)
+_PAPER = dict(lambda_bs=0.0, lambda_rt=0.0, kl_reduction="sum", mi_fit_head=False)
 PRESETS: dict[str, LossConfig] = {
     "resnet56_cifar": LossConfig(lambda_mi=0.01, lambda_kl=1.0, lambda_s=1.5e-4, target_ratio=0.0, **_PAPER),
     "vgg_cifar": LossConfig(lambda_mi=0.04, lambda_kl=1.0, lambda_s=2e-4, target_ratio=0.0, **_PAPER),  # λk not published

@@ -229,6 +229,8 @@ def test_batch_shaping_punishes_static_gates_and_pushes_them_apart():
 def test_presets(name, expected):
     c = preset(name)
     assert (c.lambda_mi, c.lambda_kl, c.lambda_s, c.target_ratio) == expected
+    # the paper's objective: none of the recipe's additions
+    assert (c.lambda_bs, c.lambda_rt, c.kl_reduction, c.mi_fit_head) == (0.0, 0.0, "sum", False)
     assert sorted(PRESETS) == list_presets()
 
 
