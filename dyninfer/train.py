@@ -675,6 +675,8 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
             if is_best:
                 best_path = ckpt.save_checkpoint(out_dir / "best", model, meta, metrics)
             _save_resume(resume_path, cfg, epoch, model, criterion, opt, sched, train_loader, history, best)
+    for g in gates(model).values():
+        g.hard = False  # the returned model trains with SemHash again if trained further
     model.eval()
     return TrainResult(config=cfg, model=model, history=history, final=history[-1], best=best,
                        best_path=best_path, last_path=last_path, seconds=time.perf_counter() - t0,
