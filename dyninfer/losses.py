@@ -110,7 +110,7 @@ class LossConfig:
     the scale of Bejnordi et al.'s γ (0.75) for a loss averaged, not summed, over gates; λrt = 1
     makes L_rt (a mean BCE per layer, ≈ 0.5 each) about as large as L_ce early in fine-tuning;
     λm = 0.05 sits between the reference code's 0.01 (ResNet-56) and 0.04 (VGG). The choice among
-    variants is measured by benchmarks/recipe_ablation.py (README "Dynamic gates").
+    variants is what benchmarks/recipe_ablation.py trains side by side.
     """
 
     lambda_mi: float = 0.05
