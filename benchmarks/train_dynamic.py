@@ -76,6 +76,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-static", dest="static", action="store_false", help="skip the static baselines")
     ap.add_argument("--recipe", default="{}", help="JSON of TrainConfig loss/gate fields overriding the recipe "
                     "defaults, e.g. '{\"lambda_bs\": 0.5}'")
+    ap.add_argument("--distill", type=float, default=0.0, help="weight of knowledge distillation from the dense "
+                    "model, in every gated AND every static run (TrainConfig.distill); 0: off")
     ap.add_argument("--ship", nargs=2, metavar=("R", "PATH"), default=None,
                     help="copy gated_r<R>'s final checkpoint to PATH")
     ap.add_argument("--out-dir", default=None, help="default runs/dynamic/<model>_<dataset>")
@@ -109,20 +111,21 @@ def main(argv=None) -> None:
     if args.dense_only:
         print(f"dense stage done: test_acc {dense_acc:.4f}, {dense_path}")
         return
-    summary = {"model": args.model, "dataset": args.dataset, "recipe": recipe, "dense": dense_info, "runs": {}}
+    kd = dict(distill=args.distill, teacher_checkpoint=str(dense_path)) if args.distill > 0 else {}
+    summary = {"model": args.model, "dataset": args.dataset, "recipe": recipe, "distill": args.distill, "dense": dense_info, "runs": {}}
     gated_paths = {}
     for r in args.ratios:
         tag = f"r{r:g}"
         gated = train(TrainConfig(gated=True, epochs=args.epochs, lr=args.lr, target_ratio=r,
                                   init_checkpoint=str(dense_path), out_dir=str(out / f"gated_{tag}"),
-                                  **recipe, **common))
+                                  **kd, **recipe, **common))
         gated_paths[r] = gated.last_path
         summary["runs"][f"gated_{tag}"] = {"kind": "dynamic", "target_ratio": r, **_row(gated, dense_acc)}
         if args.static:
             static = train(TrainConfig(gated=True, epochs=args.epochs, lr=args.lr, init_checkpoint=str(dense_path),
                                        static_from=str(gated.last_path), freeze_gates=True, lambda_mi=0.0,
                                        lambda_kl=0.0, lambda_s=0.0, lambda_bs=0.0, static_eval=False,
-                                       out_dir=str(out / f"static_{tag}"), **common))
+                                       out_dir=str(out / f"static_{tag}"), **kd, **common))
             summary["runs"][f"static_{tag}"] = {"kind": "static", "target_ratio": r, **_row(static, dense_acc)}
     summary["seconds_this_invocation"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -93,6 +93,9 @@ class TrainConfig:
     # batch-shaping weight decays linearly from lambda_bs to 0 over this fraction of the epochs
     # (Bejnordi et al. anneal it likewise); None: constant
     bs_decay: float | None = 0.75
+    # the response-target weight lambda_rt decays likewise over this fraction of the epochs, so that
+    # the last epochs fit the gates to the task loss alone; None: constant
+    rt_decay: float | None = None
     # from this fraction of the epochs on, gates train on their eval decisions 1(g > 0) (no SemHash
     # noise, no soft half), so the last epochs fit the weights and BN statistics to the paths that
     # inference runs; None: SemHash to the end (the paper)
@@ -101,6 +104,11 @@ class TrainConfig:
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
     init_checkpoint: str | None = None
+    # knowledge distillation: a dense checkpoint of the same model whose logits the student also fits
+    # (weight distill, temperature KD_TEMPERATURE); the static baselines of benchmarks/train_dynamic.py
+    # get the same teacher, so the comparison stays at equal budget
+    teacher_checkpoint: str | None = None
+    distill: float = 0.0
     dense_epochs: int | None = None  # dense pre-training when gated without init_checkpoint; None = epochs
     dense_lr: float | None = None  # lr of that pre-training; None = lr
     out_dir: str = "runs/train"
@@ -156,8 +164,14 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.autocast: 'off' or 'bf16', got {self.autocast!r}")
         if self.hard_gates_from is not None and not 0 <= self.hard_gates_from <= 1:
             raise ValueError(f"TrainConfig.hard_gates_from: a fraction of the epochs in [0, 1], got {self.hard_gates_from}")
-        if self.bs_decay is not None and not 0 < self.bs_decay <= 1:
-            raise ValueError(f"TrainConfig.bs_decay: a fraction of the epochs in (0, 1], got {self.bs_decay}")
+        if self.distill < 0 or (self.distill > 0) != (self.teacher_checkpoint is not None):
+            raise ValueError(f"TrainConfig.distill/teacher_checkpoint: a positive distill weight needs a teacher "
+                             f"checkpoint and a teacher needs distill > 0, got distill={self.distill}, "
+                             f"teacher_checkpoint={self.teacher_checkpoint!r}")
+        for name in ("bs_decay", "rt_decay"):
+            v = getattr(self, name)
+            if v is not None and not 0 < v <= 1:
+                raise ValueError(f"TrainConfig.{name}: a fraction of the epochs in (0, 1], got {v}")
         if self.static_from is not None and not self.gated:
             raise ValueError("TrainConfig.static_from: a static-mask baseline is a gated model (gated=True)")
         if self.gate_init not in GATE_INITS:
@@ -259,18 +273,40 @@ class _CrossEntropy(nn.Module):
         return ce, {"ce": ce.detach()}
 
 
+KD_TEMPERATURE = 4.0  # Hinton et al.'s CIFAR setting; the T² factor keeps the gradient scale of CE
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, temperature: float = KD_TEMPERATURE) -> Tensor:
+    """T²·KL(softmax(teacher/T) || softmax(student/T)), batch mean (Hinton et al., 2015)."""
+    t = float(temperature)
+    return F.kl_div(F.log_softmax(student.float() / t, dim=1), F.log_softmax(teacher.float() / t, dim=1),
+                    log_target=True, reduction="batchmean") * (t * t)
+
+
 class _TrainStep(nn.Module):
     """forward(x, y) -> (total loss, parts, logits). The loss runs inside forward so DDP sees and
-    synchronises its parameters (W_cla) together with the network's."""
+    synchronises its parameters (W_cla) together with the network's. With a ``teacher`` (a frozen
+    dense model, TrainConfig.teacher_checkpoint) the loss adds ``distill`` × distillation_loss."""
 
-    def __init__(self, model: nn.Module, criterion: nn.Module):
+    def __init__(self, model: nn.Module, criterion: nn.Module, teacher: nn.Module | None = None,
+                 distill: float = 0.0):
         super().__init__()
         self.model = model
         self.criterion = criterion
+        # a plain attribute, not a submodule: the teacher is neither trained, saved nor synchronised
+        self.__dict__["teacher"] = teacher
+        self.distill = distill
 
     def forward(self, x: Tensor, y: Tensor):
         logits = self.model(x)
         total, parts = self.criterion(logits, y)
+        teacher = self.__dict__["teacher"]
+        if teacher is not None and self.distill > 0:
+            with torch.no_grad():
+                target = teacher(x)
+            kd = distillation_loss(logits, target)
+            total = total + self.distill * kd
+            parts = {**parts, "kd": kd.detach()}
         return total, parts, logits
 
 
@@ -458,7 +494,8 @@ _RESUME_FREE = {"resume", "progress", "threads", "num_workers", "out_dir"}
 
 
 # fields that only a gated run reads: a dense run's resume state ignores them
-_GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "hard_gates_from",
+_GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "rt_decay",
+               "hard_gates_from",
                "static_eval"}
 
 
@@ -568,7 +605,13 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
         criterion = DecouplingLoss(model, num_classes, loss_cfg)
     else:
         criterion = _CrossEntropy()
-    step_module = _TrainStep(model, criterion)
+    teacher = None
+    if cfg.teacher_checkpoint is not None:
+        teacher = create_model(cfg.model, num_classes=num_classes, gated=False, reduction=cfg.reduction)
+        if load_init_weights(teacher, cfg.teacher_checkpoint) != "exact":
+            raise ckpt.CheckpointError(f"teacher checkpoint {cfg.teacher_checkpoint}: not a dense {cfg.model}")
+        teacher.eval().requires_grad_(False)
+    step_module = _TrainStep(model, criterion, teacher, cfg.distill)
     groups = _param_groups(model, criterion, cfg)
     torch.manual_seed(cfg.seed + 1 + d.rank)  # gate noise / augmentation differ between ranks
     wrapped: nn.Module = step_module
@@ -620,6 +663,8 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
         wrapped.train()
         if cfg.gated and cfg.bs_decay is not None:  # epoch e of E: 1 - (e-1)/(bs_decay*E), floored at 0
             criterion.bs_scale = max(0.0, 1.0 - (epoch - 1) / (cfg.bs_decay * cfg.epochs))
+        if cfg.gated and cfg.rt_decay is not None:
+            criterion.rt_scale = max(0.0, 1.0 - (epoch - 1) / (cfg.rt_decay * cfg.epochs))
         if cfg.gated:  # epoch e (1-based) is hard when e - 1 >= hard_gates_from * E
             hard = cfg.hard_gates_from is not None and epoch - 1 >= cfg.hard_gates_from * cfg.epochs
             for g in gates(model).values():

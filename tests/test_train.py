@@ -171,3 +171,36 @@ def test_static_baseline_freezes_the_most_frequent_filters(tmp_path):
     meta = read_metadata(tmp_path / "shipped.safetensors")
     assert meta["metrics"]["static_baseline"]["macs_ratio"] == pytest.approx(summary["runs"]["static_r0.5"]["macs_ratio"])
     assert "dynamic_share" in meta["metrics"]["conditionality"]
+
+
+def test_distillation_and_response_target_decay(tmp_path):
+    """distillation_loss is 0 exactly when the student matches the teacher and grows with the gap;
+    a gated run with a teacher logs the 'kd' part; a bad teacher or weight is refused by name."""
+    from dyninfer.train import distillation_loss
+
+    t = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    assert distillation_loss(t.clone(), t).item() == pytest.approx(0.0, abs=1e-7)
+    near, far = distillation_loss(t + torch.tensor([0.5, 0, 0]), t), distillation_loss(t.flip(1), t)
+    assert 0 < near.item() < far.item()
+    with pytest.raises(ValueError, match="needs a teacher"):
+        TrainConfig(distill=1.0)
+    with pytest.raises(ValueError, match="teacher needs distill"):
+        TrainConfig(teacher_checkpoint="x.safetensors")
+
+    common = dict(model="resnet20", dataset="digits", batch_size=32, train_subset=64, test_subset=32, threads=1,
+                  macs_samples=8, progress=False, milestones=(1.0,))
+    dense = train(TrainConfig(gated=False, epochs=1, out_dir=str(tmp_path / "dense"), **common))
+    run = train(TrainConfig(gated=True, epochs=1, init_checkpoint=str(dense.last_path), distill=1.0,
+                            teacher_checkpoint=str(dense.last_path), out_dir=str(tmp_path / "kd"), **common))
+    kd = run.history[-1]["train_parts"]["kd"]
+    assert kd > 0 and run.history[-1]["train_loss"] > run.history[-1]["train_parts"]["ce"]
+    # rt_decay: lambda_rt's scale falls linearly to 0 at that fraction of the epochs (here after epoch 1 of 2)
+    with pytest.raises(ValueError, match="TrainConfig.rt_decay"):
+        TrainConfig(rt_decay=0.0)
+    decayed = train(TrainConfig(gated=True, epochs=2, init_checkpoint=str(dense.last_path), rt_decay=0.5,
+                                out_dir=str(tmp_path / "rt"), **common))
+    rt = [e["train_parts"]["rt"] for e in decayed.history]
+    assert decayed.criterion.rt_scale == 0.0 and rt[0] > 0 and rt[1] == 0.0  # a zero-weight term is not computed
+    with pytest.raises(CheckpointError, match="does not fit model"):  # a gated checkpoint is no dense teacher
+        train(TrainConfig(gated=True, epochs=1, init_checkpoint=str(dense.last_path), distill=1.0,
+                          teacher_checkpoint=str(run.last_path), out_dir=str(tmp_path / "bad"), **common))
