@@ -20,15 +20,19 @@ from dyninfer.train import TrainConfig, train
 # name -> (what it tests, TrainConfig overrides); all at target ratio R = 0.5
 VARIANTS: dict[str, tuple[str, dict]] = {
     "paper": ("the paper's objective as dyninfer shipped it before: open gates (W1 = 0), λm = 0.01, λk = 0, "
-              "λs = 0.02, no batch-shaping or response targets",
-              dict(preset="resnet56_cifar", gate_init="open", lambda_kl=0.0, lambda_s=0.02)),
-    "bs": ("input-dependent init, channel-mean KL (λk = 1), batch-shaping λbs = 1 constant",
+              "λs = 0.02, no batch-shaping or response targets, SemHash to the end",
+              dict(preset="resnet56_cifar", gate_init="open", lambda_kl=0.0, lambda_s=0.02, hard_gates_from=None,
+                   rt_decay=None)),
+    "bs": ("input-dependent init, channel-mean KL (λk = 1), batch-shaping λbs = 1 constant, no response targets",
            dict(lambda_mi=0.01, lambda_kl=1.0, lambda_bs=1.0, lambda_rt=0.0, bs_decay=None)),
-    "bs_decay": ("as 'bs' with λm = 0.05 and λbs annealed to 0 over 75% of the epochs",
-                 dict(lambda_mi=0.05, lambda_kl=1.0, lambda_bs=1.0, lambda_rt=0.0, bs_decay=0.75)),
-    "rt": ("input-dependent init, response targets λrt = 1, no batch-shaping",
-           dict(lambda_mi=0.05, lambda_kl=0.0, lambda_bs=0.0, lambda_rt=1.0)),
-    "recipe": ("the recipe (LossConfig defaults): response targets + batch-shaping annealed", dict()),
+    "rt": ("input-dependent init, response targets λrt = 1 constant, no batch-shaping",
+           dict(lambda_mi=0.05, lambda_kl=0.0, lambda_bs=0.0, lambda_rt=1.0, rt_decay=None)),
+    "recipe_v1": ("the earlier recipe: response targets constant, batch-shaping annealed, hard gates from 75%",
+                  dict(rt_decay=None, hard_gates_from=0.75)),
+    "hard_half": ("as recipe_v1 with hard gates from 50%", dict(rt_decay=None)),
+    "recipe": ("the recipe (defaults): response targets annealed over 50%, batch-shaping over 75%, hard gates "
+               "from 50%", dict()),
+    "distill": ("the recipe + distillation from the dense model (weight 1, T = 4)", dict(distill=1.0)),
 }
 
 
@@ -61,6 +65,8 @@ def main(argv=None) -> None:
     rows = {}
     for name in args.variants:
         what, overrides = VARIANTS[name]
+        if overrides.get("distill"):
+            overrides = {**overrides, "teacher_checkpoint": str(dense_path)}
         r = train(TrainConfig(gated=True, epochs=args.epochs, lr=args.lr, target_ratio=0.5,
                               init_checkpoint=str(dense_path), out_dir=str(out / name), **overrides, **common))
         f, c = r.final, r.final["conditionality"]

@@ -94,12 +94,13 @@ class TrainConfig:
     # (Bejnordi et al. anneal it likewise); None: constant
     bs_decay: float | None = 0.75
     # the response-target weight lambda_rt decays likewise over this fraction of the epochs, so that
-    # the last epochs fit the gates to the task loss alone; None: constant
-    rt_decay: float | None = None
+    # the last epochs fit the gates to the task loss alone (with hard_gates_from = 0.5: from the moment
+    # the gates run their inference decisions); None: constant
+    rt_decay: float | None = 0.5
     # from this fraction of the epochs on, gates train on their eval decisions 1(g > 0) (no SemHash
     # noise, no soft half), so the last epochs fit the weights and BN statistics to the paths that
     # inference runs; None: SemHash to the end (the paper)
-    hard_gates_from: float | None = 0.75
+    hard_gates_from: float | None = 0.5
     autocast: str = "off"  # "bf16": train under CPU bf16 autocast (fast where the CPU has AMX / AVX512_BF16); eval is FP32
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
