@@ -24,6 +24,7 @@ def test_short_gated_run_learns_and_sparsifies(tmp_path):
     cfg = TrainConfig(model="resnet20", dataset="digits", gated=True, epochs=2, dense_epochs=3, batch_size=32,
                       lr=0.05, dense_lr=0.1, milestones=(1.0,), train_subset=384, test_subset=128,
                       lambda_mi=0.01, lambda_kl=0.0, lambda_s=0.05, target_ratio=0.5, threads=1,
+                      hard_gates_from=None, rt_decay=None,  # 2 epochs: SemHash and every term in both
                       macs_samples=32, progress=False, out_dir=str(tmp_path / "run"))
     result = train(cfg)
     dense, h = result.dense.history, result.history
