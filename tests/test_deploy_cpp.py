@@ -70,9 +70,19 @@ def test_cpp_rejects_bad_artefacts_and_inputs(runner, tmp_path):
     _flip(good, tmp_path / "sha.dyninfer", fix_crc=True)
     (tmp_path / "trunc.dyninfer").write_bytes(good.read_bytes()[:5000])
     _rewrite(engine, tmp_path / "v2.dyninfer", format_version=2)
+    # format version 2 and a TorchScript payload this program cannot deserialise: the version is
+    # read from the zip first, so the message names it, not the payload
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "v2.dyninfer") as src, \
+            zipfile.ZipFile(tmp_path / "v2junk.dyninfer", "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, b"\x80\x02junk" if info.filename.endswith("data.pkl") else data)
     cases = {"sha.dyninfer": "corrupt or modified: sha256 of the plan is",
              "trunc.dyninfer": "truncated, corrupt or not a dyninfer artefact",
              "v2.dyninfer": "artefact format version 2, this program reads version 1",
+             "v2junk.dyninfer": "artefact format version 2, this program reads version 1",
              "missing.dyninfer": "cannot open the artefact"}
     for name, message in cases.items():
         proc = _run(runner, tmp_path / name)

@@ -33,6 +33,20 @@ FloatArray alloc_zeroed(int64_t n) {
 
 std::string at_op(int i, int kind) { return "op " + std::to_string(i) + " (kind " + std::to_string(kind) + ")"; }
 
+// Bounds of plan fields: every size, index and geometry value is checked against them before it
+// is narrowed to int, so no product below overflows and no allocation is absurd.
+constexpr int64_t kMaxDim = 1 << 16;         // channels, height, width, hidden units, features
+constexpr int64_t kMaxKernel = 64;           // kernel, stride, padding, dilation
+constexpr int64_t kMaxBufferFloats = int64_t{1} << 28;  // 1 GiB per activation buffer
+
+// Field `name` of a plan entry as an int within [lo, hi]; the error names where, the field and its value.
+int checked(int64_t v, int64_t lo, int64_t hi, const std::string& where, const char* name) {
+  if (v < lo || v > hi)
+    throw PlanError(where + ": field '" + name + "' = " + std::to_string(v) + " outside [" + std::to_string(lo) +
+                    ", " + std::to_string(hi) + "]");
+  return static_cast<int>(v);
+}
+
 }  // namespace
 
 int op_field_count(int kind) {
@@ -83,17 +97,20 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
   int n_slots = 0;
   for (int64_t b = 0; b < nb; ++b) {
     Buffer buf;
-    buf.C = static_cast<int>(next("C"));
-    buf.H = static_cast<int>(next("H"));
-    buf.W = static_cast<int>(next("W"));
-    buf.B = static_cast<int>(next("B"));
-    buf.slot = static_cast<int>(next("slot"));
-    buf.nonneg = next("nonneg") != 0;
-    if (buf.C <= 0 || buf.H <= 0 || buf.W <= 0 || buf.B < 0 || buf.B > 64 || buf.slot < 0)
-      throw PlanError("plan meta: buffer " + std::to_string(b) + " has invalid geometry");
+    const std::string where = "plan meta: buffer " + std::to_string(b);
+    buf.C = checked(next("C"), 1, kMaxDim, where, "C");
+    buf.H = checked(next("H"), 1, kMaxDim, where, "H");
+    buf.W = checked(next("W"), 1, kMaxDim, where, "W");
+    buf.B = checked(next("B"), 0, kMaxKernel, where, "border");
+    buf.slot = checked(next("slot"), 0, nb - 1, where, "slot");
+    buf.nonneg = checked(next("nonneg"), 0, 1, where, "nonneg") != 0;
     buf.Hp = buf.H + 2 * buf.B;
     buf.Wp = buf.W + 2 * buf.B;
     buf.plane = round_up(static_cast<int64_t>(buf.Hp) * buf.Wp, 16);
+    if (buf.plane * buf.C > kMaxBufferFloats)
+      throw PlanError(where + ": " + std::to_string(buf.C) + " x " + std::to_string(buf.H) + " x " +
+                      std::to_string(buf.W) + " (border " + std::to_string(buf.B) + ") exceeds " +
+                      std::to_string(kMaxBufferFloats) + " floats");
     n_slots = std::max(n_slots, buf.slot + 1);
     max_channels_ = std::max(max_channels_, buf.C);
     buffers_.push_back(buf);
@@ -114,29 +131,41 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
     }
     slot_floats_[buf.slot] = std::max(slot_floats_[buf.slot], buf.C * buf.plane + kSlack);
   }
-  input_ = static_cast<int>(next("input buffer"));
-  output_ = static_cast<int>(next("output buffer"));
-  if (input_ < 0 || input_ >= nb || output_ < 0 || output_ >= nb) throw PlanError("plan meta: bad input/output buffer");
-  const int64_t ng = next("gate count");
-  if (ng < 0) throw PlanError("plan meta: bad gate count");
+  input_ = checked(next("input buffer"), 0, nb - 1, "plan meta", "input buffer");
+  output_ = checked(next("output buffer"), 0, nb - 1, "plan meta", "output buffer");
+  const int64_t ng = checked(next("gate count"), 0, 1000000, "plan meta", "gate count");
   for (int64_t g = 0; g < ng; ++g) {
-    const int64_t n = next("gate size");
-    if (n <= 0) throw PlanError("plan meta: gate " + std::to_string(g) + " has no channels");
+    const int64_t n = checked(next("gate size"), 1, kMaxDim, "plan meta: gate " + std::to_string(g), "size");
     gate_sizes_.push_back(static_cast<int>(n));
+    max_channels_ = std::max(max_channels_, static_cast<int>(n));  // the workspace's per-channel vectors
     gate_path_off_.push_back(path_len_);
     path_len_ += n;
   }
   if (p != meta.size()) throw PlanError("plan meta has trailing values");
 
+  // Op order: a buffer is read only after an op (or the input) produced it, and a conv's gate op
+  // runs before the conv; the runtime relies on both (a stale or missing channel list otherwise).
+  std::vector<char> produced(nb, 0), gate_done(gate_sizes_.size(), 0);
+  produced[input_] = 1;
   auto buf_ok = [&](int64_t b, int opi, const char* role) {
     if (b < 0 || b >= nb) throw PlanError("op " + std::to_string(opi) + ": bad " + role + " buffer " + std::to_string(b));
+    if (!produced[b])
+      throw PlanError("op " + std::to_string(opi) + ": " + role + " buffer " + std::to_string(b) +
+                      " is read before any op produces it");
     return static_cast<int>(b);
   };
+  auto out_ok = [&](int64_t b, int opi) {
+    if (b < 0 || b >= nb) throw PlanError("op " + std::to_string(opi) + ": bad output buffer " + std::to_string(b));
+    if (b == input_) throw PlanError("op " + std::to_string(opi) + ": writes the input buffer");
+    produced[b] = 1;
+    return static_cast<int>(b);
+  };
+  // Every weight an op names is required: a negative or missing index is an error, not a null pointer.
   auto weight = [&](int64_t t, int64_t numel, int opi, const char* role) -> const float* {
-    if (t < 0) return nullptr;
-    if (t >= static_cast<int64_t>(weights_.size()))
-      throw PlanError("op " + std::to_string(opi) + ": " + role + " refers to missing weight " + std::to_string(t));
-    if (weights_[t].numel != numel)
+    if (t < 0 || t >= static_cast<int64_t>(weights_.size()))
+      throw PlanError("op " + std::to_string(opi) + ": " + role + " refers to weight " + std::to_string(t) + " of " +
+                      std::to_string(weights_.size()));
+    if (weights_[t].numel != numel || weights_[t].data == nullptr)
       throw PlanError("op " + std::to_string(opi) + ": " + role + " has " + std::to_string(weights_[t].numel) +
                       " values, expected " + std::to_string(numel));
     return weights_[t].data;
@@ -146,45 +175,53 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
   int opi = 0;
   while (q < ops.size()) {
     if (q + 2 > ops.size()) throw PlanError("plan ops truncated");
-    const int kind = static_cast<int>(ops[q]);
+    const int64_t kind64 = ops[q];
+    const int kind = kind64 >= 0 && kind64 < 100 ? static_cast<int>(kind64) : -1;
     const int64_t cnt = ops[q + 1];
     const int expect = op_field_count(kind);
-    if (expect == -2) throw PlanError(at_op(opi, kind) + ": unknown op kind");
-    if (cnt < 0 || q + 2 + cnt > ops.size() || (expect >= 0 && cnt != expect))
+    if (expect == -2) throw PlanError("op " + std::to_string(opi) + ": unknown op kind " + std::to_string(kind64));
+    if (cnt < 0 || cnt > static_cast<int64_t>(ops.size() - q - 2) || (expect >= 0 && cnt != expect))
       throw PlanError(at_op(opi, kind) + ": wrong field count " + std::to_string(cnt));
     const int64_t* f = ops.data() + q + 2;
+    const std::string where = at_op(opi, kind);
+    auto fld = [&](int i, const char* name, int64_t lo, int64_t hi) { return checked(f[i], lo, hi, where, name); };
     switch (kind) {
       case kConv: {
         ConvOp c;
         c.in = buf_ok(f[0], opi, "input");
-        c.out = buf_ok(f[1], opi, "output");
         c.res = f[2] < 0 ? -1 : buf_ok(f[2], opi, "residual");
-        c.O = static_cast<int>(f[5]);
-        c.I = static_cast<int>(f[6]);
-        c.kh = static_cast<int>(f[7]);
-        c.kw = static_cast<int>(f[8]);
-        c.sh = static_cast<int>(f[9]);
-        c.sw = static_cast<int>(f[10]);
-        c.ph = static_cast<int>(f[11]);
-        c.pw = static_cast<int>(f[12]);
-        c.dh = static_cast<int>(f[13]);
-        c.dw = static_cast<int>(f[14]);
-        c.relu = f[15] != 0;
-        c.gate = static_cast<int>(f[16]);
+        c.O = fld(5, "out_channels", 1, kMaxDim);
+        c.I = fld(6, "in_channels", 1, kMaxDim);
+        c.kh = fld(7, "kh", 1, kMaxKernel);
+        c.kw = fld(8, "kw", 1, kMaxKernel);
+        c.sh = fld(9, "sh", 1, kMaxKernel);
+        c.sw = fld(10, "sw", 1, kMaxKernel);
+        c.ph = fld(11, "ph", 0, kMaxKernel);
+        c.pw = fld(12, "pw", 0, kMaxKernel);
+        c.dh = fld(13, "dh", 1, kMaxKernel);
+        c.dw = fld(14, "dw", 1, kMaxKernel);
+        c.relu = fld(15, "relu", 0, 1) != 0;
+        c.gate = fld(16, "gate", -1, static_cast<int64_t>(gate_sizes_.size()) - 1);
+        fld(17, "reserved", 1, 1);
+        c.out = out_ok(f[1], opi);
         const Buffer &bi = buffers_[c.in], &bo = buffers_[c.out];
         c.name = convs_.size() < names.size() ? names[convs_.size()] : "conv" + std::to_string(convs_.size());
-        if (c.I != bi.C || c.O != bo.C || c.kh <= 0 || c.kw <= 0 || c.sh <= 0 || c.sw <= 0 || c.dh <= 0 ||
-            c.dw <= 0 || c.ph < 0 || c.pw < 0)
-          throw PlanError("conv '" + c.name + "': inconsistent shape fields");
+        if (c.I != bi.C || c.O != bo.C)
+          throw PlanError("conv '" + c.name + "': " + std::to_string(c.I) + " -> " + std::to_string(c.O) +
+                          " channels, buffers hold " + std::to_string(bi.C) + " -> " + std::to_string(bo.C));
         const int ho = (bi.H + 2 * c.ph - c.dh * (c.kh - 1) - 1) / c.sh + 1;
         const int wo = (bi.W + 2 * c.pw - c.dw * (c.kw - 1) - 1) / c.sw + 1;
-        if (ho != bo.H || wo != bo.W)
+        if (bi.H + 2 * c.ph < c.dh * (c.kh - 1) + 1 || bi.W + 2 * c.pw < c.dw * (c.kw - 1) + 1 || ho != bo.H ||
+            wo != bo.W)
           throw PlanError("conv '" + c.name + "': output buffer is " + std::to_string(bo.H) + "x" +
                           std::to_string(bo.W) + ", conv gives " + std::to_string(ho) + "x" + std::to_string(wo));
         if (c.res >= 0 && (buffers_[c.res].C != bo.C || buffers_[c.res].H != bo.H || buffers_[c.res].W != bo.W))
           throw PlanError("conv '" + c.name + "': residual buffer shape differs from the output");
-        if (c.gate >= static_cast<int>(gate_sizes_.size()) || (c.gate >= 0 && gate_sizes_[c.gate] != c.O))
-          throw PlanError("conv '" + c.name + "': gate index/size mismatch");
+        if (c.gate >= 0 && gate_sizes_[c.gate] != c.O)
+          throw PlanError("conv '" + c.name + "': gate " + std::to_string(c.gate) + " has " +
+                          std::to_string(gate_sizes_[c.gate]) + " channels, the conv " + std::to_string(c.O));
+        if (c.gate >= 0 && !gate_done[c.gate])
+          throw PlanError("conv '" + c.name + "': its gate " + std::to_string(c.gate) + " does not run before it");
         if (c.in == c.out || c.res == c.out || buffers_[c.in].slot == bo.slot)
           throw PlanError("conv '" + c.name + "': output shares memory with its input");
         // Output in the residual's memory (in place): identical geometry required.
@@ -200,6 +237,9 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         c.stride2 = isa_ == Isa::kAvx512 && c.sh == 2 && c.sw == 2 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B &&
                     c.pw <= bi.B;
         if (c.stride2) c.direct = true;
+        if (!c.direct && static_cast<int64_t>(c.I) * c.kh * c.kw * ho * (wo + 16) > kMaxBufferFloats)
+          throw PlanError("conv '" + c.name + "': its column buffer would exceed " + std::to_string(kMaxBufferFloats) +
+                          " floats");
         build_conv_vectors(c);
         ops_.push_back({kConv, static_cast<int>(convs_.size())});
         convs_.push_back(std::move(c));
@@ -208,18 +248,23 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
       case kGate: {
         GateOp g;
         g.in = buf_ok(f[0], opi, "input");
-        g.gate = static_cast<int>(f[1]);
-        g.C = static_cast<int>(f[6]);
-        g.hidden = static_cast<int>(f[7]);
-        g.N = static_cast<int>(f[8]);
-        g.force_k = static_cast<int>(f[9]);
-        if (g.gate < 0 || g.gate >= static_cast<int>(gate_sizes_.size()) || gate_sizes_[g.gate] != g.N ||
-            g.C != buffers_[g.in].C || g.hidden <= 0 || g.force_k > g.N)
-          throw PlanError("gate op " + std::to_string(opi) + ": inconsistent sizes");
+        g.gate = fld(1, "gate", 0, static_cast<int64_t>(gate_sizes_.size()) - 1);
+        g.C = fld(6, "in_channels", 1, kMaxDim);
+        g.hidden = fld(7, "hidden", 1, kMaxDim);
+        g.N = fld(8, "out_channels", 1, kMaxDim);
+        g.force_k = fld(9, "force_k", -1, g.N);
+        if (gate_sizes_[g.gate] != g.N || g.C != buffers_[g.in].C)
+          throw PlanError("gate op " + std::to_string(opi) + ": sizes C " + std::to_string(g.C) + ", N " +
+                          std::to_string(g.N) + " do not match its input buffer (" + std::to_string(buffers_[g.in].C) +
+                          " channels) and gate " + std::to_string(g.gate) + " (" +
+                          std::to_string(gate_sizes_[g.gate]) + ")");
+        if (gate_done[g.gate]) throw PlanError("gate op " + std::to_string(opi) + ": gate " + std::to_string(g.gate) + " runs twice");
+        gate_done[g.gate] = 1;
         g.w1 = weight(f[2], static_cast<int64_t>(g.hidden) * g.C, opi, "gate fc1 weight");
         g.b1 = weight(f[3], g.hidden, opi, "gate fc1 bias");
         g.w2 = weight(f[4], static_cast<int64_t>(g.N) * g.hidden, opi, "gate fc2 weight");
         g.b2 = weight(f[5], g.N, opi, "gate fc2 bias");
+        max_hidden_ = std::max(max_hidden_, g.hidden);
         ops_.push_back({kGate, static_cast<int>(gates_.size())});
         gates_.push_back(g);
         break;
@@ -228,19 +273,34 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
       case kAvgPool: {
         PoolOp pl;
         pl.in = buf_ok(f[0], opi, "input");
-        pl.out = buf_ok(f[1], opi, "output");
-        pl.kh = static_cast<int>(f[2]);
-        pl.kw = static_cast<int>(f[3]);
-        pl.sh = static_cast<int>(f[4]);
-        pl.sw = static_cast<int>(f[5]);
-        pl.ph = static_cast<int>(f[6]);
-        pl.pw = static_cast<int>(f[7]);
+        pl.kh = fld(2, "kh", 1, kMaxKernel);
+        pl.kw = fld(3, "kw", 1, kMaxKernel);
+        pl.sh = fld(4, "sh", 1, kMaxKernel);
+        pl.sw = fld(5, "sw", 1, kMaxKernel);
+        // PyTorch's rule: padding at most half the kernel, so every window holds a real pixel.
+        pl.ph = fld(6, "ph", 0, pl.kh / 2);
+        pl.pw = fld(7, "pw", 0, pl.kw / 2);
         pl.max = kind == kMaxPool;
-        pl.count_include_pad = kind == kAvgPool ? f[8] != 0 : false;
-        pl.divisor = kind == kAvgPool ? static_cast<int>(f[9]) : 0;
-        if (pl.kh <= 0 || pl.kw <= 0 || pl.sh <= 0 || pl.sw <= 0 || buffers_[pl.in].C != buffers_[pl.out].C ||
-            buffers_[pl.in].slot == buffers_[pl.out].slot)
-          throw PlanError("pool op " + std::to_string(opi) + ": inconsistent fields");
+        pl.count_include_pad = kind == kAvgPool ? fld(8, "count_include_pad", 0, 1) != 0 : false;
+        pl.divisor = kind == kAvgPool ? fld(9, "divisor", 0, kMaxKernel * kMaxKernel) : 0;
+        pl.out = out_ok(f[1], opi);
+        const Buffer &bi = buffers_[pl.in], &bo = buffers_[pl.out];
+        if (bi.C != bo.C || bi.slot == bo.slot)
+          throw PlanError("pool op " + std::to_string(opi) + ": output buffer must hold the input's " +
+                          std::to_string(bi.C) + " channels in other memory");
+        // Output size: floor or ceil mode; in ceil mode the last window starts inside the input or its left padding.
+        auto size_ok = [](int in, int k, int st, int pad, int out) {
+          const int span = in + 2 * pad - k;
+          if (span < 0) return false;
+          const int lo = span / st + 1, hi = (span + st - 1) / st + 1;
+          return (out == lo || out == hi) && (out - 1) * st < in + pad;
+        };
+        if (!size_ok(bi.H, pl.kh, pl.sh, pl.ph, bo.H) || !size_ok(bi.W, pl.kw, pl.sw, pl.pw, bo.W))
+          throw PlanError("pool op " + std::to_string(opi) + ": output " + std::to_string(bo.H) + "x" +
+                          std::to_string(bo.W) + " does not follow from input " + std::to_string(bi.H) + "x" +
+                          std::to_string(bi.W) + ", kernel " + std::to_string(pl.kh) + "x" + std::to_string(pl.kw) +
+                          ", stride " + std::to_string(pl.sh) + "x" + std::to_string(pl.sw) + ", padding " +
+                          std::to_string(pl.ph) + "x" + std::to_string(pl.pw));
         ops_.push_back({kind, static_cast<int>(pools_.size())});
         pools_.push_back(pl);
         break;
@@ -248,15 +308,17 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
       case kLinear: {
         LinearOp l;
         l.in = buf_ok(f[0], opi, "input");
-        l.out = buf_ok(f[1], opi, "output");
+        l.out = out_ok(f[1], opi);
         const Buffer &bi = buffers_[l.in], &bo = buffers_[l.out];
+        if (static_cast<int64_t>(bi.C) * bi.H * bi.W > kMaxBufferFloats)
+          throw PlanError("linear op " + std::to_string(opi) + ": too many input features");
         l.in_features = bi.C * bi.H * bi.W;
         l.out_features = bo.C;
         if (bo.H != 1 || bo.W != 1 || bi.slot == bo.slot)
           throw PlanError("linear op " + std::to_string(opi) + ": output must be a separate (N, 1, 1) buffer");
         l.w = weight(f[2], static_cast<int64_t>(l.out_features) * l.in_features, opi, "linear weight");
         l.b = weight(f[3], l.out_features, opi, "linear bias");
-        l.relu = f[4] != 0;
+        l.relu = fld(4, "relu", 0, 1) != 0;
         ops_.push_back({kLinear, static_cast<int>(linears_.size())});
         linears_.push_back(l);
         break;
@@ -264,16 +326,19 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
       case kConcat: {
         ConcatOp c;
         if (cnt < 2) throw PlanError("concat op " + std::to_string(opi) + ": no inputs");
-        c.out = buf_ok(f[0], opi, "output");
-        int off = 0;
+        int64_t off = 0;
         for (int64_t i = 1; i < cnt; ++i) {
           const int b = buf_ok(f[i], opi, "input");
+          c.ins.push_back(b);
+          c.offsets.push_back(static_cast<int>(off));
+          off += buffers_[b].C;
+          if (off > kMaxDim) throw PlanError("concat op " + std::to_string(opi) + ": too many channels");
+        }
+        c.out = out_ok(f[0], opi);
+        for (int b : c.ins) {
           const Buffer& bi = buffers_[b];
           if (bi.H != buffers_[c.out].H || bi.W != buffers_[c.out].W || bi.slot == buffers_[c.out].slot)
             throw PlanError("concat op " + std::to_string(opi) + ": input geometry differs from output");
-          c.ins.push_back(b);
-          c.offsets.push_back(off);
-          off += bi.C;
         }
         if (off != buffers_[c.out].C) throw PlanError("concat op " + std::to_string(opi) + ": channel count mismatch");
         ops_.push_back({kConcat, static_cast<int>(concats_.size())});
@@ -281,7 +346,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         break;
       }
       case kAdd: {
-        AddOp a{buf_ok(f[0], opi, "a"), buf_ok(f[1], opi, "b"), buf_ok(f[2], opi, "output"), f[3] != 0};
+        AddOp a{buf_ok(f[0], opi, "a"), buf_ok(f[1], opi, "b"), out_ok(f[2], opi), fld(3, "relu", 0, 1) != 0};
         const Buffer &ba = buffers_[a.a], &bb = buffers_[a.b], &bo = buffers_[a.out];
         if (ba.C != bo.C || bb.C != bo.C || ba.H != bo.H || bb.H != bo.H || ba.W != bo.W || bb.W != bo.W ||
             ba.slot == bo.slot || bb.slot == bo.slot)
@@ -293,23 +358,22 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
       case kAffine: {
         AffineOp a;
         a.in = buf_ok(f[0], opi, "input");
-        a.out = buf_ok(f[1], opi, "output");
+        a.out = out_ok(f[1], opi);
         const Buffer &bi = buffers_[a.in], &bo = buffers_[a.out];
         if (bi.C != bo.C || bi.H != bo.H || bi.W != bo.W || bi.slot == bo.slot)
           throw PlanError("affine op " + std::to_string(opi) + ": shapes differ");
         a.scale = weight(f[2], bi.C, opi, "scale");
         a.shift = weight(f[3], bi.C, opi, "shift");
-        a.relu = f[4] != 0;
-        if (!a.scale || !a.shift) throw PlanError("affine op " + std::to_string(opi) + ": missing scale/shift");
+        a.relu = fld(4, "relu", 0, 1) != 0;
         ops_.push_back({kAffine, static_cast<int>(affines_.size())});
         affines_.push_back(a);
         break;
       }
       case kShortcut: {
-        ShortcutOp s{buf_ok(f[0], opi, "input"), buf_ok(f[1], opi, "output"), static_cast<int>(f[2]),
-                     static_cast<int>(f[3])};
+        ShortcutOp s{buf_ok(f[0], opi, "input"), out_ok(f[1], opi), fld(2, "stride", 1, kMaxKernel),
+                     fld(3, "pad_channels", 0, kMaxDim)};
         const Buffer &bi = buffers_[s.in], &bo = buffers_[s.out];
-        if (s.stride <= 0 || s.pad < 0 || bo.C != bi.C + 2 * s.pad || bo.H != (bi.H + s.stride - 1) / s.stride ||
+        if (bo.C != bi.C + 2 * s.pad || bo.H != (bi.H + s.stride - 1) / s.stride ||
             bo.W != (bi.W + s.stride - 1) / s.stride || bi.slot == bo.slot)
           throw PlanError("shortcut op " + std::to_string(opi) + ": shapes differ");
         ops_.push_back({kShortcut, static_cast<int>(shortcuts_.size())});
@@ -320,6 +384,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
     q += 2 + cnt;
     ++opi;
   }
+  if (!produced[output_]) throw PlanError("plan: no op produces the output buffer " + std::to_string(output_));
   op_ns_.assign(ops_.size(), 0.0);
   for (const Op& op : ops_) {
     switch (op.kind) {
@@ -478,7 +543,7 @@ std::unique_ptr<Workspace> Plan::acquire() const {
   ws->out_plane.resize(mc);
   ws->res_plane.resize(mc);
   ws->gvec.resize(mc);
-  ws->hidden.resize(mc);
+  ws->hidden.resize(std::max(mc, max_hidden_ + 8));
   ws->glog.resize(mc);
   return ws;
 }

@@ -172,6 +172,7 @@ class Plan {
   std::vector<WeightRef> weights_;
   int64_t col_floats_ = 0;
   int max_channels_ = 0;
+  int max_hidden_ = 0;  // largest gate hidden size (the workspace's hidden vector)
   Isa isa_;
   bool asm_ = true;  // asm_kernels_enabled() when the plan was built
 

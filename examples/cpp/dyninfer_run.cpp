@@ -6,6 +6,7 @@
 //                                                       write OUT.logits.f32 and OUT.path.f32 (raw float32)
 //
 // Exit status 0 on success, 2 with a one-line message on stderr for a bad artefact or input.
+#include <caffe2/serialize/inline_container.h>
 #include <torch/script.h>
 
 #include <array>
@@ -128,9 +129,27 @@ struct Engine {
   bool open_gates = false;
 };
 
+// extra/dyninfer.json straight from the zip, before TorchScript deserialises anything (which
+// would build the plan): the format and its version are checked first.
+std::string read_metadata(const std::string& path) {
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    if (!reader.hasRecord("extra/dyninfer.json")) throw Failure("not a dyninfer artefact: no extra/dyninfer.json");
+    auto record = reader.getRecord("extra/dyninfer.json");
+    return std::string(static_cast<const char*>(std::get<0>(record).get()), std::get<1>(record));
+  } catch (const c10::Error& err) {
+    throw Failure(std::string("truncated, corrupt or not a dyninfer artefact: ") + err.what_without_backtrace());
+  }
+}
+
 Engine load_verified(const std::string& path) {
   std::ifstream probe(path, std::ios::binary);
   if (!probe) throw Failure("cannot open the artefact");
+  const std::string json = read_metadata(path);
+  if (json.empty()) throw Failure("not a dyninfer artefact: extra/dyninfer.json is empty");
+  if (json_field(json, "format") != "dyninfer-engine") throw Failure("metadata 'format' is not dyninfer-engine");
+  if (json_field(json, "format_version") != "1")
+    throw Failure("artefact format version " + json_field(json, "format_version") + ", this program reads version 1");
   torch::jit::ExtraFilesMap extra{{"dyninfer.json", ""}};
   Engine e;
   try {
@@ -138,11 +157,7 @@ Engine load_verified(const std::string& path) {
   } catch (const c10::Error& err) {
     throw Failure(std::string("truncated, corrupt or not a dyninfer artefact: ") + err.what_without_backtrace());
   }
-  const std::string& json = extra["dyninfer.json"];
-  if (json.empty()) throw Failure("not a dyninfer artefact: no extra/dyninfer.json");
-  if (json_field(json, "format") != "dyninfer-engine") throw Failure("metadata 'format' is not dyninfer-engine");
-  if (json_field(json, "format_version") != "1")
-    throw Failure("artefact format version " + json_field(json, "format_version") + ", this program reads version 1");
+  if (extra["dyninfer.json"] != json) throw Failure("extra/dyninfer.json changed while loading");
   e.open_gates = e.module.attr("open_gates").toBool();
   e.input_shape = int_list(e.module.attr("input_shape"));
   e.output_shape = int_list(e.module.attr("output_shape"));

@@ -1,0 +1,142 @@
+"""The C++ plan validator on hand-made defects of a compiled ResNet-20 plan: each must be refused
+with an error naming the op and field, before anything runs. Defects that used to crash the
+process run in a subprocess."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from dyninfer._ext import load_extension
+from dyninfer.compiler.planner import AVGPOOL, CONV, GATE, build_plan
+from dyninfer.models import create_model
+
+load_extension()
+
+
+@pytest.fixture(scope="module")
+def spec():
+    torch.manual_seed(0)
+    return build_plan(create_model("resnet20", gated=True).eval(), (3, 32, 32))
+
+
+def split_ops(ops: list[int]) -> list[list[int]]:
+    out, q = [], 0
+    while q < len(ops):
+        out.append(ops[q:q + 2 + ops[q + 1]])
+        q += 2 + ops[q + 1]
+    return out
+
+
+def join_ops(segs: list[list[int]]) -> list[int]:
+    return [v for s in segs for v in s]
+
+
+def build(spec, ops=None, meta=None, weights=None):
+    plan = torch.classes.dyninfer.Plan(meta or spec.meta, ops or spec.ops, weights or spec.weights, spec.conv_names)
+    plan.run(torch.randn(1, 3, 32, 32), True, False)
+    return plan
+
+
+def first(segs, kind):
+    return next(i for i, s in enumerate(segs) if s[0] == kind)
+
+
+def test_the_unmodified_plan_runs(spec):
+    build(spec)
+
+
+def test_negative_weight_index_is_refused(spec):
+    segs = split_ops(spec.ops)
+    c = first(segs, CONV)
+    segs[c][2 + 4] = -1  # conv bias: a null pointer the first run dereferenced
+    with pytest.raises(ValueError, match="conv bias refers to weight -1"):
+        build(spec, join_ops(segs))
+    segs = split_ops(spec.ops)
+    g = first(segs, GATE)
+    segs[g][2 + 2] = -1
+    with pytest.raises(ValueError, match="gate fc1 weight refers to weight -1"):
+        build(spec, join_ops(segs))
+
+
+def test_gate_after_its_conv_is_refused(spec):
+    segs = split_ops(spec.ops)
+    g = first(segs, GATE)
+    assert segs[g + 1][0] == CONV
+    segs[g], segs[g + 1] = segs[g + 1], segs[g]
+    with pytest.raises(ValueError, match="its gate 0 does not run before it"):
+        build(spec, join_ops(segs))
+
+
+def test_gate_running_twice_and_buffer_read_before_written_are_refused(spec):
+    segs = split_ops(spec.ops)
+    g = first(segs, GATE)
+    with pytest.raises(ValueError, match="gate 0 runs twice"):
+        build(spec, join_ops(segs[:g + 1] + [segs[g]] + segs[g + 1:]))
+    last_conv = max(i for i, s in enumerate(segs) if s[0] == CONV)
+    with pytest.raises(ValueError, match="is read before any op produces it"):
+        build(spec, join_ops([segs[last_conv]] + segs))
+
+
+def test_pool_geometry_is_checked(spec):
+    segs = split_ops(spec.ops)
+    p = first(segs, AVGPOOL)
+    segs[p][2 + 4] = 1
+    segs[p][2 + 5] = 1
+    segs[p][2 + 2] = 4  # 4x8 kernel, stride 1: 5x1, not the 1x1 output buffer
+    with pytest.raises(ValueError, match="does not follow from input 8x8"):
+        build(spec, join_ops(segs))
+    segs = split_ops(spec.ops)
+    segs[p][2 + 6] = 5  # padding above half the kernel: windows of padding only (divisor 0)
+    with pytest.raises(ValueError, match="field 'ph' = 5 outside"):
+        build(spec, join_ops(segs))
+
+
+def test_conv_reserved_field_and_edge_values_are_refused(spec):
+    segs = split_ops(spec.ops)
+    c = first(segs, CONV)
+    segs[c][2 + 17] = 0
+    with pytest.raises(ValueError, match="field 'reserved' = 0"):
+        build(spec, join_ops(segs))
+    segs = split_ops(spec.ops)
+    segs[c][2 + 7] = 2 ** 62  # kh: used to be narrowed to int silently
+    with pytest.raises(ValueError, match="field 'kh' = 4611686018427387904 outside"):
+        build(spec, join_ops(segs))
+    meta = list(spec.meta)
+    meta[1 + 4] = 2 ** 31 - 1  # buffer 0's slot: an allocation of 2^31 slot vectors
+    with pytest.raises(ValueError, match="buffer 0: field 'slot' = 2147483647"):
+        build(spec, meta=meta)
+
+
+# Run in a subprocess: on a build without the hidden-size bound this overflowed the workspace.
+_HIDDEN = textwrap.dedent("""
+    import torch
+    from dyninfer._ext import load_extension
+    from dyninfer.compiler.planner import GATE, build_plan
+    from dyninfer.models import create_model
+    load_extension()
+    torch.manual_seed(0)
+    spec = build_plan(create_model("resnet20", gated=True).eval(), (3, 32, 32))
+    ops, q, weights = list(spec.ops), 0, list(spec.weights)
+    while ops[q] != GATE:
+        q += 2 + ops[q + 1]
+    f = q + 2
+    C, N, hidden = ops[f + 6], ops[f + 8], 50000
+    ops[f + 7] = hidden
+    for k, n in ((2, hidden * C), (3, hidden), (4, N * hidden)):
+        weights.append(torch.randn(n) * 0.01)
+        ops[f + k] = len(weights) - 1
+    plan = torch.classes.dyninfer.Plan(spec.meta, ops, weights, spec.conv_names)
+    logits, path = plan.run(torch.randn(2, 3, 32, 32), True, False)
+    assert torch.isfinite(logits).all()
+    print("ok", tuple(logits.shape))
+""")
+
+
+def test_gate_hidden_size_larger_than_the_channels_runs_safely():
+    r = subprocess.run([sys.executable, "-c", _HIDDEN], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"rc {r.returncode}: {r.stderr[-2000:]}"
+    assert r.stdout.startswith("ok (2, 10)")
