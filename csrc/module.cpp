@@ -4,6 +4,7 @@
 
 #include "compiled_plan.h"
 #include "kernels/cpu_features.h"
+#include "kernels/plan_schema.h"
 
 namespace {
 
@@ -25,12 +26,44 @@ std::tuple<at::Tensor, at::Tensor> run(const py::object& plan, const at::Tensor&
   return p->run(x, return_path, open_gates);
 }
 
+// plan_schema.h as Python data: {"buffer": [...], "plan": [...], "ops": {name: {"kind", "fields", "variadic"}}}.
+py::dict plan_schema() {
+  py::dict out, ops;
+#define DYNINFER_NAME(name) names.append(#name);
+  {
+    py::list names;
+    DYNINFER_BUFFER_FIELDS(DYNINFER_NAME)
+    out["buffer"] = names;
+  }
+  {
+    py::list names;
+    DYNINFER_PLAN_FIELDS(DYNINFER_NAME)
+    out["plan"] = names;
+  }
+#define DYNINFER_OP(op, id, FIELDS, tail)        \
+  {                                              \
+    py::list names;                              \
+    FIELDS(DYNINFER_NAME)                        \
+    py::dict d;                                  \
+    d["kind"] = id;                              \
+    d["fields"] = names;                         \
+    d["variadic"] = std::string(tail);           \
+    ops[#op] = d;                                \
+  }
+  DYNINFER_PLAN_OPS(DYNINFER_OP)
+#undef DYNINFER_OP
+#undef DYNINFER_NAME
+  out["ops"] = ops;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "dyninfer C++ runtime";
   m.def("isa", []() { return std::string(dyninfer::isa_name(dyninfer::detect_isa())); },
         "Instruction set the kernels dispatch to on this CPU");
+  m.def("plan_schema", &plan_schema, "The plan's wire layout (csrc/kernels/plan_schema.h): field names per op");
   m.def("run", &run, py::arg("plan"), py::arg("x"), py::arg("return_path") = false, py::arg("open_gates") = false,
         "(logits, path) of a torch.classes.dyninfer.Plan on x, without TorchScript's method-call overhead");
 }

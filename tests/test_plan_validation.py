@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dyninfer._ext import load_extension
-from dyninfer.compiler.planner import AVGPOOL, CONV, GATE, build_plan
+from dyninfer.compiler.planner import AVGPOOL, CONV, GATE, build_plan, op_kind, plan_schema
 from dyninfer.models import create_model
 
 load_extension()
@@ -42,7 +42,21 @@ def build(spec, ops=None, meta=None, weights=None):
 
 
 def first(segs, kind):
-    return next(i for i, s in enumerate(segs) if s[0] == kind)
+    return next(i for i, s in enumerate(segs) if s[0] == op_kind(kind))
+
+
+def at(kind: str, name: str) -> int:
+    """Position of field ``name`` in an encoded op segment of ``kind`` (after kind and count)."""
+    return 2 + plan_schema()["ops"][kind]["fields"].index(name)
+
+
+def test_schema_names_every_field_the_planner_encodes(spec):
+    schema = plan_schema()
+    assert schema["buffer"] == ["C", "H", "W", "border", "slot", "nonneg"]
+    for seg in split_ops(spec.ops):
+        kind = next(k for k, d in schema["ops"].items() if d["kind"] == seg[0])
+        d = schema["ops"][kind]
+        assert seg[1] == len(d["fields"]) or d["variadic"], (kind, seg[1])
 
 
 def test_the_unmodified_plan_runs(spec):
@@ -52,12 +66,12 @@ def test_the_unmodified_plan_runs(spec):
 def test_negative_weight_index_is_refused(spec):
     segs = split_ops(spec.ops)
     c = first(segs, CONV)
-    segs[c][2 + 4] = -1  # conv bias: a null pointer the first run dereferenced
+    segs[c][at(CONV, "bias")] = -1  # conv bias: a null pointer the first run dereferenced
     with pytest.raises(ValueError, match="conv bias refers to weight -1"):
         build(spec, join_ops(segs))
     segs = split_ops(spec.ops)
     g = first(segs, GATE)
-    segs[g][2 + 2] = -1
+    segs[g][at(GATE, "fc1_weight")] = -1
     with pytest.raises(ValueError, match="gate fc1 weight refers to weight -1"):
         build(spec, join_ops(segs))
 
@@ -65,7 +79,7 @@ def test_negative_weight_index_is_refused(spec):
 def test_gate_after_its_conv_is_refused(spec):
     segs = split_ops(spec.ops)
     g = first(segs, GATE)
-    assert segs[g + 1][0] == CONV
+    assert segs[g + 1][0] == op_kind(CONV)
     segs[g], segs[g + 1] = segs[g + 1], segs[g]
     with pytest.raises(ValueError, match="its gate 0 does not run before it"):
         build(spec, join_ops(segs))
@@ -76,7 +90,7 @@ def test_gate_running_twice_and_buffer_read_before_written_are_refused(spec):
     g = first(segs, GATE)
     with pytest.raises(ValueError, match="gate 0 runs twice"):
         build(spec, join_ops(segs[:g + 1] + [segs[g]] + segs[g + 1:]))
-    last_conv = max(i for i, s in enumerate(segs) if s[0] == CONV)
+    last_conv = max(i for i, s in enumerate(segs) if s[0] == op_kind(CONV))
     with pytest.raises(ValueError, match="is read before any op produces it"):
         build(spec, join_ops([segs[last_conv]] + segs))
 
@@ -84,13 +98,13 @@ def test_gate_running_twice_and_buffer_read_before_written_are_refused(spec):
 def test_pool_geometry_is_checked(spec):
     segs = split_ops(spec.ops)
     p = first(segs, AVGPOOL)
-    segs[p][2 + 4] = 1
-    segs[p][2 + 5] = 1
-    segs[p][2 + 2] = 4  # 4x8 kernel, stride 1: 5x1, not the 1x1 output buffer
+    segs[p][at(AVGPOOL, "sh")] = 1
+    segs[p][at(AVGPOOL, "sw")] = 1
+    segs[p][at(AVGPOOL, "kh")] = 4  # 4x8 kernel, stride 1: 5x1, not the 1x1 output buffer
     with pytest.raises(ValueError, match="does not follow from input 8x8"):
         build(spec, join_ops(segs))
     segs = split_ops(spec.ops)
-    segs[p][2 + 6] = 5  # padding above half the kernel: windows of padding only (divisor 0)
+    segs[p][at(AVGPOOL, "ph")] = 5  # padding above half the kernel: windows of padding only (divisor 0)
     with pytest.raises(ValueError, match="field 'ph' = 5 outside"):
         build(spec, join_ops(segs))
 
@@ -98,15 +112,15 @@ def test_pool_geometry_is_checked(spec):
 def test_conv_reserved_field_and_edge_values_are_refused(spec):
     segs = split_ops(spec.ops)
     c = first(segs, CONV)
-    segs[c][2 + 17] = 0
+    segs[c][at(CONV, "reserved")] = 0
     with pytest.raises(ValueError, match="field 'reserved' = 0"):
         build(spec, join_ops(segs))
     segs = split_ops(spec.ops)
-    segs[c][2 + 7] = 2 ** 62  # kh: used to be narrowed to int silently
+    segs[c][at(CONV, "kh")] = 2 ** 62  # kh: used to be narrowed to int silently
     with pytest.raises(ValueError, match="field 'kh' = 4611686018427387904 outside"):
         build(spec, join_ops(segs))
     meta = list(spec.meta)
-    meta[1 + 4] = 2 ** 31 - 1  # buffer 0's slot: an allocation of 2^31 slot vectors
+    meta[1 + plan_schema()["buffer"].index("slot")] = 2 ** 31 - 1  # buffer 0's slot: an allocation of 2^31 slot vectors
     with pytest.raises(ValueError, match="buffer 0: field 'slot' = 2147483647"):
         build(spec, meta=meta)
 
@@ -115,20 +129,20 @@ def test_conv_reserved_field_and_edge_values_are_refused(spec):
 _HIDDEN = textwrap.dedent("""
     import torch
     from dyninfer._ext import load_extension
-    from dyninfer.compiler.planner import GATE, build_plan
+    from dyninfer.compiler.planner import build_plan, op_kind, plan_schema
     from dyninfer.models import create_model
     load_extension()
     torch.manual_seed(0)
     spec = build_plan(create_model("resnet20", gated=True).eval(), (3, 32, 32))
     ops, q, weights = list(spec.ops), 0, list(spec.weights)
-    while ops[q] != GATE:
+    while ops[q] != op_kind("gate"):
         q += 2 + ops[q + 1]
-    f = q + 2
-    C, N, hidden = ops[f + 6], ops[f + 8], 50000
-    ops[f + 7] = hidden
-    for k, n in ((2, hidden * C), (3, hidden), (4, N * hidden)):
+    f = {n: q + 2 + i for i, n in enumerate(plan_schema()["ops"]["gate"]["fields"])}
+    C, N, hidden = ops[f["in_channels"]], ops[f["out_channels"]], 50000
+    ops[f["hidden"]] = hidden
+    for name, n in (("fc1_weight", hidden * C), ("fc1_bias", hidden), ("fc2_weight", N * hidden)):
         weights.append(torch.randn(n) * 0.01)
-        ops[f + k] = len(weights) - 1
+        ops[f[name]] = len(weights) - 1
     plan = torch.classes.dyninfer.Plan(spec.meta, ops, weights, spec.conv_names)
     logits, path = plan.run(torch.randn(2, 3, 32, 32), True, False)
     assert torch.isfinite(logits).all()

@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "conv.h"
+#include "plan_schema.h"
 
 namespace dyninfer {
 
@@ -51,18 +52,25 @@ int checked(int64_t v, int64_t lo, int64_t hi, const std::string& where, const c
 
 int op_field_count(int kind) {
   switch (kind) {
-    case kConv: return 18;
-    case kGate: return 10;
-    case kMaxPool: return 8;
-    case kAvgPool: return 10;
-    case kLinear: return 5;
-    case kConcat: return -1;
-    case kAdd: return 4;
-    case kAffine: return 5;
-    case kShortcut: return 4;
+#define DYNINFER_FIELD_COUNT(op, id, FIELDS, tail) \
+  case schema::op::kKind: return schema::op::kVariadic ? -1 : schema::op::kCount;
+    DYNINFER_PLAN_OPS(DYNINFER_FIELD_COUNT)
+#undef DYNINFER_FIELD_COUNT
     default: return -2;
   }
 }
+
+static_assert(kConv == schema::conv::kKind && kGate == schema::gate::kKind && kMaxPool == schema::maxpool::kKind &&
+                  kAvgPool == schema::avgpool::kKind && kLinear == schema::linear::kKind &&
+                  kConcat == schema::concat::kKind && kAdd == schema::add::kKind && kAffine == schema::affine::kKind &&
+                  kShortcut == schema::shortcut::kKind,
+              "OpKind and plan_schema.h disagree");
+// Max and average pooling share one parser: max pooling's fields are average pooling's first ones.
+static_assert(schema::maxpool::input == schema::avgpool::input && schema::maxpool::output == schema::avgpool::output &&
+                  schema::maxpool::kh == schema::avgpool::kh && schema::maxpool::kw == schema::avgpool::kw &&
+                  schema::maxpool::sh == schema::avgpool::sh && schema::maxpool::sw == schema::avgpool::sw &&
+                  schema::maxpool::ph == schema::avgpool::ph && schema::maxpool::pw == schema::avgpool::pw,
+              "max pooling's fields must be a prefix of average pooling's");
 
 struct Workspace {
   std::vector<FloatArray> slots;
@@ -98,12 +106,16 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
   for (int64_t b = 0; b < nb; ++b) {
     Buffer buf;
     const std::string where = "plan meta: buffer " + std::to_string(b);
-    buf.C = checked(next("C"), 1, kMaxDim, where, "C");
-    buf.H = checked(next("H"), 1, kMaxDim, where, "H");
-    buf.W = checked(next("W"), 1, kMaxDim, where, "W");
-    buf.B = checked(next("B"), 0, kMaxKernel, where, "border");
-    buf.slot = checked(next("slot"), 0, nb - 1, where, "slot");
-    buf.nonneg = checked(next("nonneg"), 0, 1, where, "nonneg") != 0;
+    int64_t v[schema::buffer::kCount];
+#define DYNINFER_READ(name) v[schema::buffer::name] = next(#name);
+    DYNINFER_BUFFER_FIELDS(DYNINFER_READ)
+#undef DYNINFER_READ
+    buf.C = checked(v[schema::buffer::C], 1, kMaxDim, where, "C");
+    buf.H = checked(v[schema::buffer::H], 1, kMaxDim, where, "H");
+    buf.W = checked(v[schema::buffer::W], 1, kMaxDim, where, "W");
+    buf.B = checked(v[schema::buffer::border], 0, kMaxKernel, where, "border");
+    buf.slot = checked(v[schema::buffer::slot], 0, nb - 1, where, "slot");
+    buf.nonneg = checked(v[schema::buffer::nonneg], 0, 1, where, "nonneg") != 0;
     buf.Hp = buf.H + 2 * buf.B;
     buf.Wp = buf.W + 2 * buf.B;
     buf.plane = round_up(static_cast<int64_t>(buf.Hp) * buf.Wp, 16);
@@ -131,9 +143,13 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
     }
     slot_floats_[buf.slot] = std::max(slot_floats_[buf.slot], buf.C * buf.plane + kSlack);
   }
-  input_ = checked(next("input buffer"), 0, nb - 1, "plan meta", "input buffer");
-  output_ = checked(next("output buffer"), 0, nb - 1, "plan meta", "output buffer");
-  const int64_t ng = checked(next("gate count"), 0, 1000000, "plan meta", "gate count");
+  int64_t pf[schema::plan::kCount];
+#define DYNINFER_READ(name) pf[schema::plan::name] = next(#name);
+  DYNINFER_PLAN_FIELDS(DYNINFER_READ)
+#undef DYNINFER_READ
+  input_ = checked(pf[schema::plan::input], 0, nb - 1, "plan meta", "input");
+  output_ = checked(pf[schema::plan::output], 0, nb - 1, "plan meta", "output");
+  const int64_t ng = checked(pf[schema::plan::gate_count], 0, 1000000, "plan meta", "gate_count");
   for (int64_t g = 0; g < ng; ++g) {
     const int64_t n = checked(next("gate size"), 1, kMaxDim, "plan meta: gate " + std::to_string(g), "size");
     gate_sizes_.push_back(static_cast<int>(n));
@@ -188,22 +204,22 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
     switch (kind) {
       case kConv: {
         ConvOp c;
-        c.in = buf_ok(f[0], opi, "input");
-        c.res = f[2] < 0 ? -1 : buf_ok(f[2], opi, "residual");
-        c.O = fld(5, "out_channels", 1, kMaxDim);
-        c.I = fld(6, "in_channels", 1, kMaxDim);
-        c.kh = fld(7, "kh", 1, kMaxKernel);
-        c.kw = fld(8, "kw", 1, kMaxKernel);
-        c.sh = fld(9, "sh", 1, kMaxKernel);
-        c.sw = fld(10, "sw", 1, kMaxKernel);
-        c.ph = fld(11, "ph", 0, kMaxKernel);
-        c.pw = fld(12, "pw", 0, kMaxKernel);
-        c.dh = fld(13, "dh", 1, kMaxKernel);
-        c.dw = fld(14, "dw", 1, kMaxKernel);
-        c.relu = fld(15, "relu", 0, 1) != 0;
-        c.gate = fld(16, "gate", -1, static_cast<int64_t>(gate_sizes_.size()) - 1);
-        fld(17, "reserved", 1, 1);
-        c.out = out_ok(f[1], opi);
+        c.in = buf_ok(f[schema::conv::input], opi, "input");
+        c.res = f[schema::conv::residual] < 0 ? -1 : buf_ok(f[schema::conv::residual], opi, "residual");
+        c.O = fld(schema::conv::out_channels, "out_channels", 1, kMaxDim);
+        c.I = fld(schema::conv::in_channels, "in_channels", 1, kMaxDim);
+        c.kh = fld(schema::conv::kh, "kh", 1, kMaxKernel);
+        c.kw = fld(schema::conv::kw, "kw", 1, kMaxKernel);
+        c.sh = fld(schema::conv::sh, "sh", 1, kMaxKernel);
+        c.sw = fld(schema::conv::sw, "sw", 1, kMaxKernel);
+        c.ph = fld(schema::conv::ph, "ph", 0, kMaxKernel);
+        c.pw = fld(schema::conv::pw, "pw", 0, kMaxKernel);
+        c.dh = fld(schema::conv::dh, "dh", 1, kMaxKernel);
+        c.dw = fld(schema::conv::dw, "dw", 1, kMaxKernel);
+        c.relu = fld(schema::conv::relu, "relu", 0, 1) != 0;
+        c.gate = fld(schema::conv::gate, "gate", -1, static_cast<int64_t>(gate_sizes_.size()) - 1);
+        fld(schema::conv::reserved, "reserved", 1, 1);
+        c.out = out_ok(f[schema::conv::output], opi);
         const Buffer &bi = buffers_[c.in], &bo = buffers_[c.out];
         c.name = convs_.size() < names.size() ? names[convs_.size()] : "conv" + std::to_string(convs_.size());
         if (c.I != bi.C || c.O != bo.C)
@@ -228,8 +244,8 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         c.inplace = c.res >= 0 && buffers_[c.res].slot == bo.slot;
         if (c.inplace && (buffers_[c.res].B != bo.B || buffers_[c.res].plane != bo.plane))
           throw PlanError("conv '" + c.name + "': in-place residual with a different plane geometry");
-        c.w = weight(f[3], static_cast<int64_t>(c.O) * c.I * c.kh * c.kw, opi, "conv weight");
-        c.bias = weight(f[4], c.O, opi, "conv bias");
+        c.w = weight(f[schema::conv::weight], static_cast<int64_t>(c.O) * c.I * c.kh * c.kw, opi, "conv weight");
+        c.bias = weight(f[schema::conv::bias], c.O, opi, "conv bias");
         // Stride-1 convs read the padded planes in place when the borders cover the padding.
         c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B && c.pw <= bi.B;
         // Stride-2 convs read the padded planes in place too where the kernels can load
@@ -247,12 +263,12 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
       }
       case kGate: {
         GateOp g;
-        g.in = buf_ok(f[0], opi, "input");
-        g.gate = fld(1, "gate", 0, static_cast<int64_t>(gate_sizes_.size()) - 1);
-        g.C = fld(6, "in_channels", 1, kMaxDim);
-        g.hidden = fld(7, "hidden", 1, kMaxDim);
-        g.N = fld(8, "out_channels", 1, kMaxDim);
-        g.force_k = fld(9, "force_k", -1, g.N);
+        g.in = buf_ok(f[schema::gate::input], opi, "input");
+        g.gate = fld(schema::gate::gate, "gate", 0, static_cast<int64_t>(gate_sizes_.size()) - 1);
+        g.C = fld(schema::gate::in_channels, "in_channels", 1, kMaxDim);
+        g.hidden = fld(schema::gate::hidden, "hidden", 1, kMaxDim);
+        g.N = fld(schema::gate::out_channels, "out_channels", 1, kMaxDim);
+        g.force_k = fld(schema::gate::force_k, "force_k", -1, g.N);
         if (gate_sizes_[g.gate] != g.N || g.C != buffers_[g.in].C)
           throw PlanError("gate op " + std::to_string(opi) + ": sizes C " + std::to_string(g.C) + ", N " +
                           std::to_string(g.N) + " do not match its input buffer (" + std::to_string(buffers_[g.in].C) +
@@ -260,10 +276,10 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
                           std::to_string(gate_sizes_[g.gate]) + ")");
         if (gate_done[g.gate]) throw PlanError("gate op " + std::to_string(opi) + ": gate " + std::to_string(g.gate) + " runs twice");
         gate_done[g.gate] = 1;
-        g.w1 = weight(f[2], static_cast<int64_t>(g.hidden) * g.C, opi, "gate fc1 weight");
-        g.b1 = weight(f[3], g.hidden, opi, "gate fc1 bias");
-        g.w2 = weight(f[4], static_cast<int64_t>(g.N) * g.hidden, opi, "gate fc2 weight");
-        g.b2 = weight(f[5], g.N, opi, "gate fc2 bias");
+        g.w1 = weight(f[schema::gate::fc1_weight], static_cast<int64_t>(g.hidden) * g.C, opi, "gate fc1 weight");
+        g.b1 = weight(f[schema::gate::fc1_bias], g.hidden, opi, "gate fc1 bias");
+        g.w2 = weight(f[schema::gate::fc2_weight], static_cast<int64_t>(g.N) * g.hidden, opi, "gate fc2 weight");
+        g.b2 = weight(f[schema::gate::fc2_bias], g.N, opi, "gate fc2 bias");
         max_hidden_ = std::max(max_hidden_, g.hidden);
         ops_.push_back({kGate, static_cast<int>(gates_.size())});
         gates_.push_back(g);
@@ -272,18 +288,18 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
       case kMaxPool:
       case kAvgPool: {
         PoolOp pl;
-        pl.in = buf_ok(f[0], opi, "input");
-        pl.kh = fld(2, "kh", 1, kMaxKernel);
-        pl.kw = fld(3, "kw", 1, kMaxKernel);
-        pl.sh = fld(4, "sh", 1, kMaxKernel);
-        pl.sw = fld(5, "sw", 1, kMaxKernel);
+        pl.in = buf_ok(f[schema::avgpool::input], opi, "input");
+        pl.kh = fld(schema::avgpool::kh, "kh", 1, kMaxKernel);
+        pl.kw = fld(schema::avgpool::kw, "kw", 1, kMaxKernel);
+        pl.sh = fld(schema::avgpool::sh, "sh", 1, kMaxKernel);
+        pl.sw = fld(schema::avgpool::sw, "sw", 1, kMaxKernel);
         // PyTorch's rule: padding at most half the kernel, so every window holds a real pixel.
-        pl.ph = fld(6, "ph", 0, pl.kh / 2);
-        pl.pw = fld(7, "pw", 0, pl.kw / 2);
+        pl.ph = fld(schema::avgpool::ph, "ph", 0, pl.kh / 2);
+        pl.pw = fld(schema::avgpool::pw, "pw", 0, pl.kw / 2);
         pl.max = kind == kMaxPool;
-        pl.count_include_pad = kind == kAvgPool ? fld(8, "count_include_pad", 0, 1) != 0 : false;
-        pl.divisor = kind == kAvgPool ? fld(9, "divisor", 0, kMaxKernel * kMaxKernel) : 0;
-        pl.out = out_ok(f[1], opi);
+        pl.count_include_pad = kind == kAvgPool ? fld(schema::avgpool::count_include_pad, "count_include_pad", 0, 1) != 0 : false;
+        pl.divisor = kind == kAvgPool ? fld(schema::avgpool::divisor, "divisor", 0, kMaxKernel * kMaxKernel) : 0;
+        pl.out = out_ok(f[schema::avgpool::output], opi);
         const Buffer &bi = buffers_[pl.in], &bo = buffers_[pl.out];
         if (bi.C != bo.C || bi.slot == bo.slot)
           throw PlanError("pool op " + std::to_string(opi) + ": output buffer must hold the input's " +
@@ -307,8 +323,8 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
       }
       case kLinear: {
         LinearOp l;
-        l.in = buf_ok(f[0], opi, "input");
-        l.out = out_ok(f[1], opi);
+        l.in = buf_ok(f[schema::linear::input], opi, "input");
+        l.out = out_ok(f[schema::linear::output], opi);
         const Buffer &bi = buffers_[l.in], &bo = buffers_[l.out];
         if (static_cast<int64_t>(bi.C) * bi.H * bi.W > kMaxBufferFloats)
           throw PlanError("linear op " + std::to_string(opi) + ": too many input features");
@@ -316,9 +332,9 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         l.out_features = bo.C;
         if (bo.H != 1 || bo.W != 1 || bi.slot == bo.slot)
           throw PlanError("linear op " + std::to_string(opi) + ": output must be a separate (N, 1, 1) buffer");
-        l.w = weight(f[2], static_cast<int64_t>(l.out_features) * l.in_features, opi, "linear weight");
-        l.b = weight(f[3], l.out_features, opi, "linear bias");
-        l.relu = fld(4, "relu", 0, 1) != 0;
+        l.w = weight(f[schema::linear::weight], static_cast<int64_t>(l.out_features) * l.in_features, opi, "linear weight");
+        l.b = weight(f[schema::linear::bias], l.out_features, opi, "linear bias");
+        l.relu = fld(schema::linear::relu, "relu", 0, 1) != 0;
         ops_.push_back({kLinear, static_cast<int>(linears_.size())});
         linears_.push_back(l);
         break;
@@ -327,14 +343,14 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         ConcatOp c;
         if (cnt < 2) throw PlanError("concat op " + std::to_string(opi) + ": no inputs");
         int64_t off = 0;
-        for (int64_t i = 1; i < cnt; ++i) {
+        for (int64_t i = schema::concat::kCount; i < cnt; ++i) {
           const int b = buf_ok(f[i], opi, "input");
           c.ins.push_back(b);
           c.offsets.push_back(static_cast<int>(off));
           off += buffers_[b].C;
           if (off > kMaxDim) throw PlanError("concat op " + std::to_string(opi) + ": too many channels");
         }
-        c.out = out_ok(f[0], opi);
+        c.out = out_ok(f[schema::concat::output], opi);
         for (int b : c.ins) {
           const Buffer& bi = buffers_[b];
           if (bi.H != buffers_[c.out].H || bi.W != buffers_[c.out].W || bi.slot == buffers_[c.out].slot)
@@ -346,7 +362,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         break;
       }
       case kAdd: {
-        AddOp a{buf_ok(f[0], opi, "a"), buf_ok(f[1], opi, "b"), out_ok(f[2], opi), fld(3, "relu", 0, 1) != 0};
+        AddOp a{buf_ok(f[schema::add::a], opi, "a"), buf_ok(f[schema::add::b], opi, "b"), out_ok(f[schema::add::output], opi), fld(schema::add::relu, "relu", 0, 1) != 0};
         const Buffer &ba = buffers_[a.a], &bb = buffers_[a.b], &bo = buffers_[a.out];
         if (ba.C != bo.C || bb.C != bo.C || ba.H != bo.H || bb.H != bo.H || ba.W != bo.W || bb.W != bo.W ||
             ba.slot == bo.slot || bb.slot == bo.slot)
@@ -357,21 +373,21 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
       }
       case kAffine: {
         AffineOp a;
-        a.in = buf_ok(f[0], opi, "input");
-        a.out = out_ok(f[1], opi);
+        a.in = buf_ok(f[schema::affine::input], opi, "input");
+        a.out = out_ok(f[schema::affine::output], opi);
         const Buffer &bi = buffers_[a.in], &bo = buffers_[a.out];
         if (bi.C != bo.C || bi.H != bo.H || bi.W != bo.W || bi.slot == bo.slot)
           throw PlanError("affine op " + std::to_string(opi) + ": shapes differ");
-        a.scale = weight(f[2], bi.C, opi, "scale");
-        a.shift = weight(f[3], bi.C, opi, "shift");
-        a.relu = fld(4, "relu", 0, 1) != 0;
+        a.scale = weight(f[schema::affine::scale], bi.C, opi, "scale");
+        a.shift = weight(f[schema::affine::shift], bi.C, opi, "shift");
+        a.relu = fld(schema::affine::relu, "relu", 0, 1) != 0;
         ops_.push_back({kAffine, static_cast<int>(affines_.size())});
         affines_.push_back(a);
         break;
       }
       case kShortcut: {
-        ShortcutOp s{buf_ok(f[0], opi, "input"), out_ok(f[1], opi), fld(2, "stride", 1, kMaxKernel),
-                     fld(3, "pad_channels", 0, kMaxDim)};
+        ShortcutOp s{buf_ok(f[schema::shortcut::input], opi, "input"), out_ok(f[schema::shortcut::output], opi), fld(schema::shortcut::stride, "stride", 1, kMaxKernel),
+                     fld(schema::shortcut::pad_channels, "pad_channels", 0, kMaxDim)};
         const Buffer &bi = buffers_[s.in], &bo = buffers_[s.out];
         if (bo.C != bi.C + 2 * s.pad || bo.H != (bi.H + s.stride - 1) / s.stride ||
             bo.W != (bi.W + s.stride - 1) / s.stride || bi.slot == bo.slot)

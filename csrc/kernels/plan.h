@@ -126,8 +126,7 @@ struct Workspace;
 
 class Plan {
  public:
-  // meta: [n_buffers, (C, H, W, B, slot, nonneg) * n_buffers, input, output, n_gates, N_g * n_gates]
-  // ops:  [kind, count, fields...] * n_ops; weights referenced by index into `weights`.
+  // meta and ops as plan_schema.h lays them out; weights referenced by index into `weights`.
   Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, std::vector<WeightRef> weights,
        std::vector<std::string> names, Isa isa);
   ~Plan();

@@ -1,8 +1,10 @@
 """Graph -> plan: trace a (gated) model with torch.fx, fold BN, fuse epilogues, assign memory.
 
 The plan is what the C++ runtime (csrc/kernels/plan.cpp) executes: buffers (C, H, W, border,
-slot, non-negative) and ops encoded as ``[kind, n_fields, fields...]``. Field order is defined once here and
-once in plan.cpp (op_field_count); keep them in step.
+slot, non-negative) and ops. The builder's passes work on typed ops (:class:`PlanOp`: a kind name and
+its fields by name); :func:`encode_ops` and :func:`encode_meta` lay them out once at the end through
+the wire schema the extension declares (csrc/kernels/plan_schema.h, ``dyninfer._C.plan_schema()``),
+so the layout is written in one place only.
 
 Fusion: a conv absorbs the chain ``conv -> [BatchNorm2d] -> [ReLU] -> [gate] -> [+ residual] ->
 [ReLU]`` when every link has a single user (a ReLU before the residual add stops the chain there,
@@ -25,12 +27,80 @@ from ..nn.decouple import DyninferTracer, is_relu
 from ..nn.gates import ArchitectureControl
 from ..nn.layers import ShortcutA
 
-CONV, GATE, MAXPOOL, AVGPOOL, LINEAR, CONCAT, ADD, AFFINE, SHORTCUT = 1, 2, 3, 4, 5, 6, 7, 8, 9
+# op kind names of the wire schema (csrc/kernels/plan_schema.h)
+CONV, GATE, MAXPOOL, AVGPOOL, LINEAR, CONCAT, ADD, AFFINE, SHORTCUT = (
+    "conv", "gate", "maxpool", "avgpool", "linear", "concat", "add", "affine", "shortcut")
 
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _CAT_FUNCS = {torch.cat, torch.concat}
 _FLATTEN_FUNCS = {torch.flatten}
 _ALIAS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten)
+
+
+_SCHEMA: dict | None = None
+
+
+def plan_schema() -> dict:
+    """The plan's wire layout as the extension declares it: {"buffer": [field names], "plan": [...],
+    "ops": {kind name: {"kind": id, "fields": [names], "variadic": tail name or ""}}}."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        from .._ext import load_extension
+
+        load_extension()
+        from .._C import plan_schema as _schema
+
+        _SCHEMA = _schema()
+    return _SCHEMA
+
+
+def op_kind(name: str) -> int:
+    """Wire id of the op kind ``name`` ("conv", "gate", ...)."""
+    return plan_schema()["ops"][name]["kind"]
+
+
+@dataclass
+class PlanOp:
+    """One op of the plan under construction: ``fields`` by schema name, ``tail`` the values of a
+    variadic field (concat's inputs), ``inputs`` / ``output`` the buffers it reads and writes."""
+    kind: str
+    fields: dict[str, int]
+    inputs: list[int]
+    output: int | None
+    tail: list[int] = field(default_factory=list)
+
+
+def encode_ops(ops: list[PlanOp]) -> list[int]:
+    """``[kind, n_fields, fields...]`` per op, fields in schema order; a field the schema does not
+    declare, or one it declares that the op lacks, is an error naming both."""
+    schema = plan_schema()["ops"]
+    out: list[int] = []
+    for i, op in enumerate(ops):
+        if op.kind not in schema:
+            raise ValueError(f"plan op {i}: unknown kind {op.kind!r}; the schema has {sorted(schema)}")
+        d = schema[op.kind]
+        names = list(d["fields"])
+        if set(op.fields) != set(names):
+            raise ValueError(f"plan op {i} ({op.kind}): fields {sorted(set(names) - set(op.fields))} missing, "
+                             f"{sorted(set(op.fields) - set(names))} not in the schema")
+        if op.tail and not d["variadic"]:
+            raise ValueError(f"plan op {i} ({op.kind}): {len(op.tail)} extra values for a fixed-size op")
+        vals = [int(op.fields[n]) for n in names] + [int(v) for v in op.tail]
+        out += [d["kind"], len(vals)] + vals
+    return out
+
+
+def encode_meta(buffers: list["BufferInfo"], nonneg: list[int], plan_fields: dict[str, int],
+                gate_sizes: list[int]) -> list[int]:
+    """``[n_buffers, buffer fields * n_buffers, plan fields, gate sizes]`` in schema order."""
+    schema = plan_schema()
+    meta = [len(buffers)]
+    for info, nn_flag in zip(buffers, nonneg):
+        values = {"C": info.C, "H": info.H, "W": info.W, "border": info.border, "slot": info.slot,
+                  "nonneg": nn_flag}
+        meta += [int(values[n]) for n in schema["buffer"]]
+    meta += [int(plan_fields[n]) for n in schema["plan"]]
+    return meta + [int(n) for n in gate_sizes]
 
 
 @dataclass
@@ -87,7 +157,7 @@ class _Builder:
         self.modules = dict(gm.named_modules())
         self.force_keep = force_keep
         self.buffers: list[BufferInfo] = []
-        self.ops: list[tuple[int, list[int], list[int], int | None]] = []  # (kind, fields, inputs, output)
+        self.ops: list[PlanOp] = []
         self.weights: list[torch.Tensor] = []
         self.env: dict[fx.Node, tuple[str, int]] = {}  # node -> ('act', buffer) | ('flat', buffer)
         self.conv_names: list[str] = []
@@ -134,8 +204,9 @@ class _Builder:
             raise self.unsupported(user, "expects a 4-d activation but got a flattened one")
         return b
 
-    def emit(self, kind: int, fields: list[int], inputs: list[int], output: int | None) -> None:
-        self.ops.append((kind, fields, inputs, output))
+    def emit(self, kind: str, fields: dict[str, int], inputs: list[int], output: int | None,
+             tail: list[int] | None = None) -> None:
+        self.ops.append(PlanOp(kind, fields, inputs, output, tail or []))
 
     def only_user(self, node: fx.Node) -> fx.Node | None:
         users = list(node.users)
@@ -211,9 +282,11 @@ class _Builder:
             keep = self.force_keep if self.force_keep is not None else gmod.force_keep
             k = -1 if keep is None else int(round(keep * gmod.out_channels))
             # FC weights go transposed: the runtime does one vector axpy per (live) input.
-            self.emit(GATE, [gin, gate_idx, self.weight(gmod.fc1.weight.t()), self.weight(gmod.fc1.bias),
-                             self.weight(gmod.fc2.weight.t()), self.weight(gmod.fc2.bias), gmod.in_channels,
-                             gmod.fc1.out_features, gmod.out_channels, k], [gin], None)
+            self.emit(GATE, dict(input=gin, gate=gate_idx, fc1_weight=self.weight(gmod.fc1.weight.t()),
+                                 fc1_bias=self.weight(gmod.fc1.bias), fc2_weight=self.weight(gmod.fc2.weight.t()),
+                                 fc2_bias=self.weight(gmod.fc2.bias), in_channels=gmod.in_channels,
+                                 hidden=gmod.fc1.out_features, out_channels=gmod.out_channels, force_k=k),
+                      [gin], None)
         res = self.act(ch["res"], ch["nodes"][-1]) if ch["res"] is not None else -1
         out = self.new_buffer(ch["end"])
         kh, kw = conv.kernel_size
@@ -224,8 +297,9 @@ class _Builder:
             # A zero border of the conv's padding lets stride-1 convs read the planes in place and
             # strided ones build their columns without bounds checks.
             self.direct_pad[x] = max(self.direct_pad.get(x, 0), ph, pw)
-        self.emit(CONV, [x, out, res, self.weight(w), self.weight(b), conv.out_channels, conv.in_channels, kh, kw,
-                         sh, sw, ph, pw, dh, dw, int(ch["relu"]), gate_idx, 1],
+        self.emit(CONV, dict(input=x, output=out, residual=res, weight=self.weight(w), bias=self.weight(b),
+                             out_channels=conv.out_channels, in_channels=conv.in_channels, kh=kh, kw=kw, sh=sh,
+                             sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, relu=int(ch["relu"]), gate=gate_idx, reserved=1),
                   [x] + ([res] if res >= 0 else []), out)
         self.conv_names.append(node.target)
         self.env[ch["end"]] = ("act", out)
@@ -248,18 +322,20 @@ class _Builder:
             over = max(ph, pw, (bo.H - 1) * sh - ph + kh - bi.H, (bo.W - 1) * sw - pw + kw - bi.W)
             if over <= 3:
                 self.direct_pad[x] = max(self.direct_pad.get(x, 0), over)
-            self.emit(MAXPOOL, [x, out, kh, kw, sh, sw, ph, pw], [x], out)
+            self.emit(MAXPOOL, dict(input=x, output=out, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw), [x], out)
         elif isinstance(m, nn.AvgPool2d):
             kh, kw = _pair(m.kernel_size)
             sh, sw = _pair(m.stride if m.stride is not None else m.kernel_size)
             ph, pw = _pair(m.padding)
-            self.emit(AVGPOOL, [x, out, kh, kw, sh, sw, ph, pw, int(m.count_include_pad),
-                                int(m.divisor_override or 0)], [x], out)
+            self.emit(AVGPOOL, dict(input=x, output=out, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
+                                    count_include_pad=int(m.count_include_pad), divisor=int(m.divisor_override or 0)),
+                      [x], out)
         else:  # AdaptiveAvgPool2d with an output that tiles the input exactly
             if bi.H % bo.H or bi.W % bo.W:
                 raise self.unsupported(node, f"adaptive pooling {bi.H}x{bi.W} -> {bo.H}x{bo.W} does not tile evenly")
             kh, kw = bi.H // bo.H, bi.W // bo.W
-            self.emit(AVGPOOL, [x, out, kh, kw, kh, kw, 0, 0, 0, 0], [x], out)
+            self.emit(AVGPOOL, dict(input=x, output=out, kh=kh, kw=kw, sh=kh, sw=kw, ph=0, pw=0, count_include_pad=0,
+                                    divisor=0), [x], out)
         self.env[node] = ("act", out)
 
     def emit_linear(self, node: fx.Node, m: nn.Linear) -> None:
@@ -275,7 +351,8 @@ class _Builder:
         end = relu_node if relu else node
         out = self.new_buffer(end)
         b = m.bias if m.bias is not None else torch.zeros(m.out_features)
-        self.emit(LINEAR, [x, out, self.weight(m.weight), self.weight(b), int(relu)], [x], out)
+        self.emit(LINEAR, dict(input=x, output=out, weight=self.weight(m.weight), bias=self.weight(b), relu=int(relu)),
+                  [x], out)
         self.env[end] = ("act", out)
         if relu:
             self.fused.add(relu_node)
@@ -283,7 +360,8 @@ class _Builder:
     def emit_affine(self, node: fx.Node, scale: torch.Tensor, shift: torch.Tensor, relu: bool) -> None:
         x = self.act(node.args[0], node)
         out = self.new_buffer(node)
-        self.emit(AFFINE, [x, out, self.weight(scale), self.weight(shift), int(relu)], [x], out)
+        self.emit(AFFINE, dict(input=x, output=out, scale=self.weight(scale), shift=self.weight(shift), relu=int(relu)),
+                  [x], out)
         self.env[node] = ("act", out)
 
     # -- driver --------------------------------------------------------------------------------------
@@ -345,7 +423,7 @@ class _Builder:
         elif isinstance(m, ShortcutA):
             x = self.act(node.args[0], node)
             out = self.new_buffer(node)
-            self.emit(SHORTCUT, [x, out, m.stride, m.pad_channels], [x], out)
+            self.emit(SHORTCUT, dict(input=x, output=out, stride=m.stride, pad_channels=m.pad_channels), [x], out)
             self.env[node] = ("act", out)
         elif isinstance(m, _ALIAS_MODULES):
             src = node.args[0]
@@ -369,7 +447,7 @@ class _Builder:
             relu = relu_node is not None and is_relu(relu_node, self.modules)
             end = relu_node if relu else node
             out = self.new_buffer(end)
-            self.emit(ADD, [a, b, out, int(relu)], [a, b], out)
+            self.emit(ADD, dict(a=a, b=b, output=out, relu=int(relu)), [a, b], out)
             self.env[end] = ("act", out)
             if relu:
                 self.fused.add(relu_node)
@@ -383,7 +461,7 @@ class _Builder:
                 raise self.unsupported(node, f"concatenation along dim {dim}; only channels (dim=1) are supported")
             ins = [self.act(x, node) for x in tensors]
             out = self.new_buffer(node)
-            self.emit(CONCAT, [out] + ins, ins, out)
+            self.emit(CONCAT, dict(output=out), ins, out, tail=ins)
             self.env[node] = ("act", out)
         elif (node.op == "call_function" and t in _FLATTEN_FUNCS) or (
                 node.op == "call_method" and t in ("flatten", "view", "reshape")):
@@ -413,20 +491,20 @@ class _Builder:
         Slots are then reused by liveness among buffers of identical (H, W, border).
         """
         last_use: dict[int, int] = {}
-        for i, (_, _, inputs, _) in enumerate(self.ops):
-            for b in inputs:
+        for i, op in enumerate(self.ops):
+            for b in op.inputs:
                 last_use[b] = i
-        producer = {out: kind for kind, _, _, out in self.ops if out is not None}
+        producer = {op.output: op.kind for op in self.ops if op.output is not None}
         self.inplace_out: set[int] = set()
-        for i, (kind, fields, _, out) in enumerate(self.ops):
-            if kind != CONV or fields[2] < 0:
+        for i, op in enumerate(self.ops):
+            if op.kind != CONV or op.fields["residual"] < 0:
                 continue
-            res = fields[2]
+            res, out = op.fields["residual"], op.output
             r, o = self.buffers[res], self.buffers[out]
             # Only residuals a conv produced: a ShortcutA residual carries just the middle channels,
             # so working in its memory would first move most planes (measured: the stage's first
             # residual conv at 57% of peak in place vs 68% for the others).
-            if (last_use.get(res) == i and res not in (self.input, self.output) and fields[0] != res
+            if (last_use.get(res) == i and res not in (self.input, self.output) and op.fields["input"] != res
                     and producer.get(res) == CONV and (r.C, r.H, r.W) == (o.C, o.H, o.W)):
                 self.inplace_out.add(out)
         # Border groups: a conv's residual and output, and its input and output when a stride-1
@@ -440,14 +518,14 @@ class _Builder:
                 b = group[b]
             return b
 
-        for kind, fields, _, out in self.ops:
-            if kind != CONV:
+        for op in self.ops:
+            if op.kind != CONV:
                 continue
-            x, res = fields[0], fields[2]
+            x, res, out = op.fields["input"], op.fields["residual"], op.output
             if res >= 0:
                 group[find(res)] = find(out)
             same_size = (self.buffers[x].H, self.buffers[x].W) == (self.buffers[out].H, self.buffers[out].W)
-            if fields[9] == 1 and fields[10] == 1 and same_size:
+            if op.fields["sh"] == 1 and op.fields["sw"] == 1 and same_size:
                 group[find(x)] = find(out)
         border: dict[int, int] = {}
         for b, pad in self.direct_pad.items():
@@ -469,14 +547,16 @@ class _Builder:
                 n_slots += 1
 
         alloc(self.input)
-        for i, (kind, fields, inputs, out) in enumerate(self.ops):
+        for i, op in enumerate(self.ops):
+            out = op.output
+            res = op.fields.get("residual", -1) if op.kind == CONV else -1
             if out is not None and self.buffers[out].slot < 0:
                 if out in self.inplace_out:
-                    self.buffers[out].slot = self.buffers[fields[2]].slot
+                    self.buffers[out].slot = self.buffers[res].slot
                 else:
                     alloc(out)
-            for b in set(inputs):
-                if last_use.get(b) == i and b != self.output and not (out in self.inplace_out and b == fields[2]):
+            for b in set(op.inputs):
+                if last_use.get(b) == i and b != self.output and not (out in self.inplace_out and b == res):
                     info = self.buffers[b]
                     free.setdefault((info.H, info.W, info.border), []).append(info.slot)
 
@@ -485,16 +565,16 @@ class _Builder:
         concatenation make of them): an in-place residual conv then leaves channels only the
         residual carries untouched instead of applying ReLU to them."""
         flag = [0] * len(self.buffers)
-        for kind, fields, inputs, out in self.ops:
+        for op in self.ops:
+            out = op.output
             if out is None:
                 continue
-            if kind in (CONV, LINEAR, AFFINE, ADD):
-                relu = fields[{CONV: 15, LINEAR: 4, AFFINE: 4, ADD: 3}[kind]]
-                flag[out] = int(bool(relu))
-            elif kind in (MAXPOOL, AVGPOOL, SHORTCUT):
-                flag[out] = flag[inputs[0]]
-            elif kind == CONCAT:
-                flag[out] = int(all(flag[b] for b in inputs))
+            if op.kind in (CONV, LINEAR, AFFINE, ADD):
+                flag[out] = int(bool(op.fields["relu"]))
+            elif op.kind in (MAXPOOL, AVGPOOL, SHORTCUT):
+                flag[out] = flag[op.inputs[0]]
+            elif op.kind == CONCAT:
+                flag[out] = int(all(flag[b] for b in op.inputs))
         return flag
 
 
@@ -530,12 +610,8 @@ def build_plan(model: nn.Module, input_shape: tuple[int, int, int], force_keep: 
         raise UnsupportedLayerError("dyninfer.compile: model has no output")
     bld.input = next(b for n, (k, b) in bld.env.items() if n.op == "placeholder")
     bld.assign_memory()
-    meta = [len(bld.buffers)]
-    for info, nonneg in zip(bld.buffers, bld.nonneg()):
-        meta += [info.C, info.H, info.W, info.border, info.slot, nonneg]
-    meta += [bld.input, bld.output, len(bld.gate_sizes)] + bld.gate_sizes
-    ops: list[int] = []
-    for kind, fields, _, _ in bld.ops:
-        ops += [kind, len(fields)] + [int(f) for f in fields]
+    meta = encode_meta(bld.buffers, bld.nonneg(),
+                       {"input": bld.input, "output": bld.output, "gate_count": len(bld.gate_sizes)}, bld.gate_sizes)
+    ops = encode_ops(bld.ops)
     return PlanSpec(meta, ops, bld.weights, bld.conv_names, bld.gate_names, bld.gate_sizes,
                     tuple(input_shape), tuple(bld.output_shape), bld.buffers)
