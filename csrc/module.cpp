@@ -4,6 +4,7 @@
 
 #include "compiled_plan.h"
 #include "kernels/cpu_features.h"
+#include "kernels/digest.h"
 #include "kernels/plan_schema.h"
 
 namespace {
@@ -57,6 +58,24 @@ py::dict plan_schema() {
   return out;
 }
 
+std::string plan_digest(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops,
+                        const std::vector<at::Tensor>& weights, const std::vector<std::string>& conv_names,
+                        bool open_gates, const std::vector<int64_t>& input_shape,
+                        const std::vector<int64_t>& output_shape, const std::vector<std::string>& gate_names,
+                        const std::vector<int64_t>& gate_sizes) {
+  dyninfer::DigestInput in{meta, ops, {}, conv_names, open_gates, input_shape, output_shape, gate_names, gate_sizes};
+  std::vector<at::Tensor> held;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const at::Tensor& w = weights[i];
+    if (!w.device().is_cpu() || w.scalar_type() != at::kFloat)
+      throw py::value_error("plan_digest: weight " + std::to_string(i) + " is not a float32 CPU tensor");
+    held.push_back(w.detach().contiguous());
+    in.weights.push_back({held.back().data_ptr<float>(), held.back().sizes().vec()});
+  }
+  py::gil_scoped_release nogil;
+  return dyninfer::plan_digest(in);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -64,6 +83,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", []() { return std::string(dyninfer::isa_name(dyninfer::detect_isa())); },
         "Instruction set the kernels dispatch to on this CPU");
   m.def("plan_schema", &plan_schema, "The plan's wire layout (csrc/kernels/plan_schema.h): field names per op");
+  m.def("plan_digest", &plan_digest, py::arg("meta"), py::arg("ops"), py::arg("weights"), py::arg("conv_names"),
+        py::arg("open_gates"), py::arg("input_shape"), py::arg("output_shape"), py::arg("gate_names"),
+        py::arg("gate_sizes"), "sha256 of a plan and its artefact fields (csrc/kernels/digest.h)");
   m.def("run", &run, py::arg("plan"), py::arg("x"), py::arg("return_path") = false, py::arg("open_gates") = false,
         "(logits, path) of a torch.classes.dyninfer.Plan on x, without TorchScript's method-call overhead");
 }

@@ -31,10 +31,8 @@ length vs Σ gate sizes, and an empty-batch run giving the recorded output size.
 (temporary file in the same folder, fsync, os.replace, fsync of the folder).
 """
 
-import hashlib
 import json
 import os
-import struct
 import tempfile
 import warnings
 import zipfile
@@ -109,43 +107,19 @@ class EngineModule(nn.Module):
 
 def plan_digest(meta: Sequence[int], ops: Sequence[int], weights: Sequence[Tensor], conv_names: Sequence[str],
                 fields: dict[str, Any]) -> str:
-    """sha256 of the plan state and the metadata fields, in a byte layout that examples/cpp
-    recomputes identically: every item is a tag (UTF-8, NUL-terminated) followed by int64
-    little-endian counts and values; weights add their shape and float32 little-endian data;
-    strings are an int64 byte length and UTF-8 bytes."""
-    h = hashlib.sha256()
+    """sha256 of the plan state and the metadata fields, computed by the extension
+    (csrc/kernels/digest.h, which examples/cpp links too: one implementation of the byte layout)."""
+    load_extension()
+    from ._C import plan_digest as _digest
 
-    def tag(name: str) -> None:
-        h.update(name.encode() + b"\0")
-
-    def ints(name: str, values: Sequence[int]) -> None:
-        tag(name)
-        h.update(struct.pack(f"<q{len(values)}q", len(values), *[int(v) for v in values]))
-
-    def strings(name: str, values: Sequence[str]) -> None:
-        tag(name)
-        h.update(struct.pack("<q", len(values)))
-        for s in values:
-            b = s.encode()
-            h.update(struct.pack("<q", len(b)) + b)
-
-    ints("meta", meta)
-    ints("ops", ops)
-    tag("weights")
-    h.update(struct.pack("<q", len(weights)))
+    ws = []
     for w in weights:
-        w = w.detach().cpu().contiguous()
         if w.dtype != torch.float32:
             raise ArtefactError(f"plan weight of dtype {w.dtype}: the engine holds float32 only")
-        ints("shape", list(w.shape))
-        h.update(w.numpy().astype("<f4", copy=False).tobytes())
-    strings("conv_names", conv_names)
-    ints("open_gates", [1 if fields["gates"] == "open" else 0])
-    ints("input_shape", fields["input_shape"])
-    ints("output_shape", fields["output_shape"])
-    strings("gate_names", fields["gate_names"])
-    ints("gate_sizes", fields["gate_sizes"])
-    return h.hexdigest()
+        ws.append(w.detach().cpu())
+    return _digest([int(v) for v in meta], [int(v) for v in ops], ws, list(conv_names), fields["gates"] == "open",
+                   [int(v) for v in fields["input_shape"]], [int(v) for v in fields["output_shape"]],
+                   list(fields["gate_names"]), [int(v) for v in fields["gate_sizes"]])
 
 
 # ---------------------------------------------------------------------------------------------
