@@ -3,7 +3,7 @@
 PY ?= python3
 PIP := $(PY) -m pip
 
-.PHONY: install demo test bench analyze clean
+.PHONY: install demo test bench analyze fuzz clean
 
 install:
 	# Fashion-MNIST from Debian into /usr/share/datasets/fashion-mnist, where dyninfer reads it (CI runs as root).
@@ -42,6 +42,18 @@ bench: install
 # (benchmarks/results/analysis/; about 1 minute on the 2-core machine when quiet).
 analyze: install
 	$(PY) -m dyninfer.cli analyze --out-dir benchmarks/results/analysis
+
+# libFuzzer + ASan + UBSan on the plan parser, validator and interpreter (fuzz/plan_fuzzer.cpp):
+# FUZZ_RUNS executions (about 200 per second per core here, so the default takes 1-2 hours on one
+# core), seeded with the plans of fuzz/make_corpus.py; the corpus grows in build/fuzz/corpus.
+# Findings (crash-*, leak-*, timeout-*) land in build/fuzz and fail the target.
+FUZZ_RUNS ?= 1000000
+fuzz: install
+	@command -v clang++ >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y clang; }
+	bash fuzz/build.sh
+	$(PY) fuzz/make_corpus.py build/fuzz/seeds
+	mkdir -p build/fuzz/corpus
+	cd build/fuzz && ./plan_fuzzer -runs=$(FUZZ_RUNS) -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 corpus seeds
 
 clean:
 	rm -rf build dyninfer/*.so *.egg-info

@@ -1,0 +1,81 @@
+"""Seed corpus of fuzz/plan_fuzzer.cpp: the compiled plans of the registered models (gated and
+dense, untrained weights) in the fuzzer's input format, at 8×8 pixels (small plans run fast
+under the sanitizers), and a tiny branchy net for max pooling, concatenation, affine and addition ops.
+
+    python fuzz/make_corpus.py OUT_DIR
+"""
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import torch
+
+
+def encode(spec) -> bytes:
+    words = [len(spec.meta), *spec.meta, len(spec.ops), *spec.ops, len(spec.weights),
+             *[w.numel() for w in spec.weights]]
+    return struct.pack(f"<{len(words)}q", *words)
+
+
+class _Branchy(torch.nn.Module):
+    """Tiny net with the op kinds the CIFAR ResNets lack: max pooling, concatenation, a standalone
+    BatchNorm and ReLU (affine), an addition, and a two-layer head."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.a = nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.bn = nn.BatchNorm2d(8)
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.pool(self.stem(x))
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        y = torch.relu(self.bn(self.mid(y) + y))
+        y = self.down(y)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(self.gap(y), 1))))
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    from dyninfer.compiler.planner import build_plan
+    from dyninfer.models import create_model, list_models
+
+    out = Path(argv[0])
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    for name in list_models():
+        if name not in ("resnet20", "resnet56"):
+            continue  # the others are slow under the sanitizers; _Branchy covers their op kinds
+        for gated in (True, False):
+            model = create_model(name, gated=gated).eval()
+            for size in (8,):
+                spec = build_plan(model, (3, size, size))
+            path = out / f"{name}_{'gated' if gated else 'dense'}_{size}px.bin"
+            path.write_bytes(encode(spec))
+            print(f"{path} ({path.stat().st_size} bytes)")
+    from dyninfer.nn import decouple
+
+    for gated in (True, False):
+        model = _Branchy().eval()
+        spec = build_plan(decouple(model, skip=["down"]).eval() if gated else model, (3, 8, 8))
+        path = out / f"branchy_{'gated' if gated else 'dense'}_8px.bin"
+        path.write_bytes(encode(spec))
+        print(f"{path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
