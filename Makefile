@@ -3,7 +3,7 @@
 PY ?= python3
 PIP := $(PY) -m pip
 
-.PHONY: install demo test bench analyze fuzz clean
+.PHONY: install demo test bench analyze fuzz sanitize clean
 
 install:
 	# Fashion-MNIST from Debian into /usr/share/datasets/fashion-mnist, where dyninfer reads it (CI runs as root).
@@ -54,6 +54,10 @@ fuzz: install
 	$(PY) fuzz/make_corpus.py build/fuzz/seeds
 	mkdir -p build/fuzz/corpus
 	cd build/fuzz && ./plan_fuzzer -runs=$(FUZZ_RUNS) -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 corpus seeds
+
+# The extension built with ASan + UBSan (build/sanitize), running the engine, plan and deploy tests.
+sanitize: install
+	PY=$(PY) bash tests/sanitize.sh
 
 clean:
 	rm -rf build dyninfer/*.so *.egg-info

@@ -14,8 +14,11 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 here = os.path.dirname(os.path.abspath(__file__))
 sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/kernels/*.cpp"))
 debug = os.environ.get("DYNINFER_DEBUG", "0") == "1"
-cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+# DYNINFER_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer build (make sanitize)
+sanitize = os.environ.get("DYNINFER_SANITIZE", "0") == "1"
+cxx_flags = ["-O0", "-g"] if debug else ["-O1", "-g", "-fno-omit-frame-pointer"] if sanitize else ["-O3"]
 cxx_flags += ["-std=c++17", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+san_flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"] if sanitize else []
 
 setup(
     ext_modules=[
@@ -23,8 +26,8 @@ setup(
             "dyninfer._C",
             sources,
             include_dirs=[os.path.join(here, "csrc")],
-            extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx_flags + san_flags},
+            extra_link_args=["-fopenmp"] + san_flags,
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
