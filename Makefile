@@ -19,7 +19,8 @@ install:
 	# torch 2.13.0 CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install setuptools wheel ninja pybind11
-	$(PIP) install --no-build-isolation -e ".[test]"
+	# the ray extra too, so that the Ray Serve test runs in make test (about 2 minutes to install here)
+	$(PIP) install --no-build-isolation -e ".[test,ray]"
 	$(PY) -c "import dyninfer._C, torch; print('dyninfer._C loaded with torch', torch.__version__)"
 
 demo: install
