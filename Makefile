@@ -45,8 +45,8 @@ analyze: install
 	$(PY) -m dyninfer.cli analyze --out-dir benchmarks/results/analysis
 
 # libFuzzer + ASan + UBSan on the plan parser, validator and interpreter (fuzz/plan_fuzzer.cpp):
-# FUZZ_RUNS executions (about 200 per second per core here, so the default takes 1-2 hours on one
-# core), seeded with the plans of fuzz/make_corpus.py; the corpus grows in build/fuzz/corpus.
+# FUZZ_RUNS executions (about 370 per second per core here, so the default takes about 45 minutes on
+# one core), seeded with the plans of fuzz/make_corpus.py; the corpus grows in build/fuzz/corpus.
 # Findings (crash-*, leak-*, timeout-*) land in build/fuzz and fail the target.
 FUZZ_RUNS ?= 1000000
 fuzz: install
