@@ -124,7 +124,8 @@ def main(argv=None) -> None:
         if args.static:
             static = train(TrainConfig(gated=True, epochs=args.epochs, lr=args.lr, init_checkpoint=str(dense_path),
                                        static_from=str(gated.last_path), freeze_gates=True, lambda_mi=0.0,
-                                       lambda_kl=0.0, lambda_s=0.0, lambda_bs=0.0, static_eval=False,
+                                       lambda_kl=0.0, lambda_s=0.0, lambda_bs=0.0, lambda_rt=0.0,  # CE only
+                                       static_eval=False,
                                        out_dir=str(out / f"static_{tag}"), **kd, **common))
             summary["runs"][f"static_{tag}"] = {"kind": "static", "target_ratio": r, **_row(static, dense_acc)}
     summary["seconds_this_invocation"] = time.perf_counter() - t0
