@@ -65,6 +65,7 @@ _TRAIN_HELP = {
     "teacher_checkpoint": "dense checkpoint of the same model to distil from (with --distill)",
     "distill": "weight of knowledge distillation from --teacher-checkpoint (T = 4); 0: off",
     "hard_gates_from": "from this fraction of the epochs on, gates train on their eval decisions (no noise)",
+    "freeze_gates_from": "from this fraction of the epochs on, gates are frozen and only the task loss trains the weights",
     "autocast": "bf16: train under CPU bf16 autocast (faster with AMX / AVX512_BF16); off: FP32",
     "static_eval": "each epoch, also the accuracy on the static majority path",
     "resume": "continue from OUT_DIR/resume.pt (saved after every epoch) when it exists",

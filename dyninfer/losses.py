@@ -285,6 +285,8 @@ class DecouplingLoss(nn.Module):
         # multiplies lambda_bs; the training loop anneals it (TrainConfig.bs_decay)
         self.bs_scale = 1.0
         self.rt_scale = 1.0  # multiplies lambda_rt (TrainConfig.rt_decay)
+        # multiplies every term but L_ce; 0 skips them (TrainConfig.freeze_gates_from)
+        self.aux_scale = 1.0
         self.num_classes = num_classes
         gate_map = self._collect(model)
         self.classifiers = nn.ModuleDict()
@@ -363,6 +365,8 @@ class DecouplingLoss(nn.Module):
         sp = logits.new_zeros(())
         bs = logits.new_zeros(())
         rt = logits.new_zeros(())
+        if self.aux_scale == 0:
+            return ce, {"ce": ce, "mi": mi, "kl": kl, "sparsity": sp, "bs": bs, "rt": rt}
         lambda_bs = cfg.lambda_bs * self.bs_scale
         lambda_rt = cfg.lambda_rt * self.rt_scale
         shaping = lambda_bs > 0 and b >= 2
@@ -382,7 +386,8 @@ class DecouplingLoss(nn.Module):
                 bs = bs + batch_shaping_loss(gate_on_probability(g.logits.float()), *cfg.prior)
             if lambda_rt > 0:
                 rt = rt + F.binary_cross_entropy_with_logits(g.logits.float(), response_targets(y_mean, cfg.prior[0]))
-        total = ce + cfg.lambda_mi * mi + cfg.lambda_kl * kl + cfg.lambda_s * sp + lambda_bs * bs + lambda_rt * rt  # Eq. 12 + L_bs + L_rt
+        total = ce + self.aux_scale * (cfg.lambda_mi * mi + cfg.lambda_kl * kl + cfg.lambda_s * sp + lambda_bs * bs
+                                       + lambda_rt * rt)  # Eq. 12 + L_bs + L_rt
         if cfg.mi_fit_head:
             total = total + (head_fit - head_fit.detach())  # adds W_cla's gradient, not its value
         return total, {"ce": ce, "mi": mi, "kl": kl, "sparsity": sp, "bs": bs, "rt": rt}

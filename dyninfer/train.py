@@ -101,6 +101,11 @@ class TrainConfig:
     # noise, no soft half), so the last epochs fit the weights and BN statistics to the paths that
     # inference runs; None: SemHash to the end (the paper)
     hard_gates_from: float | None = 0.5
+    # from this fraction of the epochs on, the gate parameters are frozen and every decoupling term is
+    # off: the weights and BN statistics fit the task loss (and distillation, if on) on the fixed
+    # per-input paths, as the static baseline's weights do on its fixed mask. Gates are hard then.
+    # None: the gates train to the end
+    freeze_gates_from: float | None = None
     autocast: str = "off"  # "bf16": train under CPU bf16 autocast (fast where the CPU has AMX / AVX512_BF16); eval is FP32
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
@@ -169,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.distill/teacher_checkpoint: a positive distill weight needs a teacher "
                              f"checkpoint and a teacher needs distill > 0, got distill={self.distill}, "
                              f"teacher_checkpoint={self.teacher_checkpoint!r}")
+        if self.freeze_gates_from is not None and not 0 <= self.freeze_gates_from <= 1:
+            raise ValueError(f"TrainConfig.freeze_gates_from: a fraction of the epochs in [0, 1], got {self.freeze_gates_from}")
         for name in ("bs_decay", "rt_decay"):
             v = getattr(self, name)
             if v is not None and not 0 < v <= 1:
@@ -496,7 +503,7 @@ _RESUME_FREE = {"resume", "progress", "threads", "num_workers", "out_dir"}
 
 # fields that only a gated run reads: a dense run's resume state ignores them
 _GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "rt_decay",
-               "hard_gates_from",
+               "hard_gates_from", "freeze_gates_from",
                "static_eval"}
 
 
@@ -667,9 +674,13 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
         if cfg.gated and cfg.rt_decay is not None:
             criterion.rt_scale = max(0.0, 1.0 - (epoch - 1) / (cfg.rt_decay * cfg.epochs))
         if cfg.gated:  # epoch e (1-based) is hard when e - 1 >= hard_gates_from * E
-            hard = cfg.hard_gates_from is not None and epoch - 1 >= cfg.hard_gates_from * cfg.epochs
+            frozen = cfg.freeze_gates_from is not None and epoch - 1 >= cfg.freeze_gates_from * cfg.epochs
+            hard = frozen or (cfg.hard_gates_from is not None and epoch - 1 >= cfg.hard_gates_from * cfg.epochs)
             for g in gates(model).values():
                 g.hard = hard
+                if frozen:  # no grad -> SGD skips them (no momentum, no weight decay)
+                    g.requires_grad_(False)
+            criterion.aux_scale = 0.0 if frozen else 1.0
         lr = opt.param_groups[0]["lr"]
         sums: dict[str, float] = {}
         loss_sum, correct, seen = 0.0, 0, 0

@@ -242,11 +242,14 @@ def test_one_and_two_threads_identical(resnet_engine, batch):
     assert torch.equal(a, b) and torch.equal(pa, pb)
 
 
-def test_batch_equals_single_samples(resnet_engine):
-    x = torch.randn(5, 3, 32, 32)
-    full = resnet_engine(x)
-    each = torch.cat([resnet_engine(x[i:i + 1]) for i in range(5)])
-    assert torch.equal(full, each)
+@pytest.mark.parametrize("n", [5, 11])
+def test_batch_equals_single_samples(resnet_engine, n):
+    x = torch.randn(n, 3, 32, 32)
+    full, path = resnet_engine(x, return_path=True)
+    each = [resnet_engine(x[i:i + 1], return_path=True) for i in range(n)]
+    assert torch.equal(full, torch.cat([o for o, _ in each]))
+    assert torch.equal(path, torch.cat([p for _, p in each]))
+    assert len({tuple(p.flatten().tolist()) for p in path}) > 1  # samples kept different channels
 
 
 @pytest.mark.parametrize("bad,err", [

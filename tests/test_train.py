@@ -205,3 +205,29 @@ def test_distillation_and_response_target_decay(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit model"):  # a gated checkpoint is no dense teacher
         train(TrainConfig(gated=True, epochs=1, init_checkpoint=str(dense.last_path), distill=1.0,
                           teacher_checkpoint=str(run.last_path), out_dir=str(tmp_path / "bad"), **common))
+
+
+def test_freeze_gates_from(tmp_path):
+    """freeze_gates_from: from that fraction of the epochs on, the gate parameters stop changing, every
+    decoupling term is off (only L_ce trains); the other weights still train."""
+    with pytest.raises(ValueError, match="TrainConfig.freeze_gates_from"):
+        TrainConfig(freeze_gates_from=1.5)
+    common = dict(model="resnet20", dataset="digits", batch_size=32, train_subset=64, test_subset=32, threads=1,
+                  macs_samples=8, progress=False, milestones=(1.0,))
+    dense = train(TrainConfig(gated=False, epochs=1, out_dir=str(tmp_path / "dense"), **common))
+    one = train(TrainConfig(gated=True, epochs=1, init_checkpoint=str(dense.last_path), out_dir=str(tmp_path / "a"),
+                            **common))
+    # the same run for 2 epochs, frozen from epoch 2 on: epoch 1 is identical, so compare against `one`
+    two = train(TrainConfig(gated=True, epochs=2, init_checkpoint=str(dense.last_path), freeze_gates_from=0.5,
+                            milestones=(1.0,), **{k: v for k, v in common.items() if k != "milestones"},
+                            out_dir=str(tmp_path / "b")))
+    first, second = two.history[0]["train_parts"], two.history[1]["train_parts"]
+    assert first["mi"] > 0 and first["sparsity"] > 0
+    assert all(second[k] == 0.0 for k in ("mi", "kl", "sparsity", "bs", "rt"))
+    assert two.history[1]["train_loss"] == pytest.approx(second["ce"])
+    g1, g2 = one.model.state_dict(), two.model.state_dict()
+    gate_keys = [k for k in g1 if "_gate." in k]
+    conv_keys = [k for k in g1 if k.endswith("conv1.weight") and "_gate" not in k]
+    assert gate_keys and conv_keys
+    assert all(torch.equal(g1[k], g2[k]) for k in gate_keys)  # epoch 2 left the gates as epoch 1 made them
+    assert any(not torch.equal(g1[k], g2[k]) for k in conv_keys)  # ... and trained the convs
