@@ -1,4 +1,5 @@
-"""Builds the C++ extension dyninfer._C.
+"""Builds the C++ extensions: dyninfer._C (the torch adapter) and dyninfer._rt (the torch-free runtime,
+which needs only numpy at run time; CMakeLists.txt builds the same runtime as libdyninfer_rt for C).
 
 Kernels in csrc/kernels/ are torch-free and choose their instruction set per function with
 `#pragma GCC target`, dispatched at run time from a CPU probe; the shipped build never uses
@@ -8,11 +9,14 @@ Kernels in csrc/kernels/ are torch-free and choose their instruction set per fun
 import glob
 import os
 
+from pybind11.setup_helpers import Pybind11Extension
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 here = os.path.dirname(os.path.abspath(__file__))
-sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/kernels/*.cpp"))
+kernels = sorted(glob.glob("csrc/kernels/*.cpp"))
+sources = sorted(glob.glob("csrc/*.cpp")) + kernels
+rt_sources = kernels + ["csrc/runtime/safetensors.cpp", "csrc/runtime/runtime.cpp", "csrc/runtime/python_module.cpp"]
 debug = os.environ.get("DYNINFER_DEBUG", "0") == "1"
 # DYNINFER_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer build (make sanitize)
 sanitize = os.environ.get("DYNINFER_SANITIZE", "0") == "1"
@@ -28,7 +32,15 @@ setup(
             include_dirs=[os.path.join(here, "csrc")],
             extra_compile_args={"cxx": cxx_flags + san_flags},
             extra_link_args=["-fopenmp"] + san_flags,
-        )
+        ),
+        Pybind11Extension(
+            "dyninfer._rt",
+            rt_sources,
+            include_dirs=[os.path.join(here, "csrc")],
+            extra_compile_args=cxx_flags + san_flags,
+            extra_link_args=["-fopenmp"] + san_flags,
+            cxx_std=17,
+        ),
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -45,11 +45,12 @@ from torch import Tensor, nn
 from ._ext import load_extension
 from ._io import default_mode, fsync_dir
 
-__all__ = ["save", "load", "load_module", "read_metadata", "script_engine", "plan_digest", "EngineModule",
+__all__ = ["save", "save_runtime", "load", "load_module", "read_metadata", "script_engine", "plan_digest", "EngineModule",
            "ArtefactError", "FORMAT", "FORMAT_VERSION", "META_FILE"]
 
 FORMAT = "dyninfer-engine"
 FORMAT_VERSION = 1
+FORMAT_RUNTIME = "dyninfer-runtime"  # format 2: dyninfer.runtime / save_runtime
 META_FILE = "dyninfer.json"  # stored as <archive>/extra/dyninfer.json by torch.jit.save
 _REQUIRED = ("format", "format_version", "gates", "input_shape", "output_shape", "gate_names", "gate_sizes",
              "conv_names", "sha256")
@@ -176,6 +177,49 @@ def save(engine, path: str | os.PathLike) -> Path:
     return _write(Path(path), module, _metadata(engine, module))
 
 
+def save_runtime(engine, path: str | os.PathLike) -> Path:
+    """Write ``engine`` as the torch-free runtime artefact (dyninfer.runtime, format 2) atomically."""
+    from . import __version__
+    from .runtime import save_artefact
+
+    spec = engine.spec  # what the engine's plan was built from
+    meta, ops, weights, names = spec.meta, spec.ops, spec.weights, spec.conv_names
+    fields = {"gates": engine.gates_mode, "input_shape": list(engine.input_shape),
+              "output_shape": list(engine.output_shape), "gate_names": list(engine.gate_names),
+              "gate_sizes": list(engine.gate_sizes)}
+    digest = plan_digest(meta, ops, weights, names, fields)
+    return save_artefact(path, meta=meta, ops=ops, weights=[w.detach().cpu().contiguous().numpy() for w in weights],
+                         conv_names=list(names), gate_names=fields["gate_names"], gate_sizes=fields["gate_sizes"],
+                         input_shape=fields["input_shape"], output_shape=fields["output_shape"], gates=engine.gates_mode,
+                         digest=digest, extra={"dyninfer_version": __version__, "isa_at_save": engine.isa})
+
+
+def _load_runtime(path: Path):
+    """A CompiledModel from a runtime artefact: the C++ runtime verifies it first (container,
+    versions, digest, every plan field), then the torch extension builds the same plan."""
+    from safetensors.torch import load_file
+
+    from .compiler.planner import PlanSpec
+    from .engine import CompiledModel
+    from .runtime import ArtefactError as RuntimeArtefactError
+    from .runtime import load as rt_load
+
+    try:
+        model = rt_load(path)
+    except RuntimeArtefactError as exc:
+        raise ArtefactError(str(exc)) from None
+    tensors = load_file(str(path))
+    weights = [tensors[f"weight.{i:05d}"] for i in range(len(tensors) - 5)]
+    spec = PlanSpec(meta=tensors["plan.meta"].tolist(), ops=tensors["plan.ops"].tolist(), weights=weights,
+                    conv_names=list(model.conv_names), gate_names=list(model.gate_names),
+                    gate_sizes=list(model.gate_sizes), input_shape=tuple(model.input_shape),
+                    output_shape=tuple(model.output_shape))
+    engine = CompiledModel(spec, model.gates_mode)
+    engine.artefact = {"path": str(path), "format": FORMAT_RUNTIME, "format_version": 2, "sha256": model.digest,
+                       "gates": model.gates_mode}
+    return engine
+
+
 # ---------------------------------------------------------------------------------------------
 # load
 
@@ -297,6 +341,12 @@ def load(path: str | os.PathLike):
     from .compiler.planner import PlanSpec
     from .engine import CompiledModel
 
+    p = Path(path)
+    if p.is_file():
+        with open(p, "rb") as f:
+            head = f.read(2)
+        if head != b"PK":  # not a zip: the runtime artefact (format 2), or refused by its loader
+            return _load_runtime(p)
     module, meta = load_module(path)
     plan_meta, ops, weights, names = module.plan_state()
     spec = PlanSpec(meta=list(plan_meta), ops=list(ops), weights=list(weights), conv_names=list(names),

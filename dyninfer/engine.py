@@ -62,11 +62,19 @@ class CompiledModel:
 
     forward = __call__
 
-    def save(self, path):
-        """Write this engine as one verified deployment artefact (dyninfer.deploy); load it back
-        with dyninfer.load(path), from TorchScript, or in C++ with torch::jit::load."""
-        from .deploy import save
-        return save(self, path)
+    def save(self, path, format: str = "torchscript"):
+        """Write this engine as one verified deployment artefact, atomically (dyninfer.deploy).
+
+        format="runtime": the torch-free artefact (safetensors: typed plan + weights), which
+        dyninfer.runtime (numpy only), libdyninfer_rt (C) and dyninfer.load read.
+        format="torchscript": a TorchScript archive, for embedding the engine in scripted modules
+        or loading it in C++ with torch::jit::load; dyninfer.load reads it too."""
+        from .deploy import save, save_runtime
+        if format == "runtime":
+            return save_runtime(self, path)
+        if format == "torchscript":
+            return save(self, path)
+        raise ValueError(f"CompiledModel.save: format must be 'runtime' or 'torchscript', got {format!r}")
 
     def split_path(self, path: torch.Tensor) -> dict[str, torch.Tensor]:
         """{gate path: (B, N_l) z} from the (B, Σ N_l) path tensor."""
