@@ -2,6 +2,7 @@
 # `make test` installs and runs the test suite (what CI runs).
 PY ?= python3
 PIP := $(PY) -m pip
+TORCH_INDEX ?=
 
 .PHONY: install demo test bench analyze fuzz sanitize clean
 
@@ -16,8 +17,10 @@ install:
 		echo "warning: apt-get not found; install Fashion-MNIST with 'apt-get install dataset-fashion-mnist'" \
 			"or pass a folder of its IDX files as --data-root"; \
 	fi
-	# torch 2.13.0 CPU build first: an unpinned torch would pull a multi-GB CUDA build.
-	$(PIP) install "torch==2.13.0"
+	# torch 2.13.0 CPU build first: an unpinned torch would pull a multi-GB CUDA build. Where the
+	# registry serves a CUDA build of 2.13.0, take PyTorch's CPU index:
+	#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+	$(PIP) install "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install setuptools wheel ninja pybind11
 	# the ray extra too, so that the Ray Serve test runs in make test (about 2 minutes to install here)
 	$(PIP) install --no-build-isolation -e ".[test,ray]"

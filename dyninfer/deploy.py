@@ -371,10 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--gates", choices=["learned", "open"], default="learned")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"))
+    p.add_argument("--format", choices=["torchscript", "runtime"], default="torchscript",
+                   help="runtime: the torch-free artefact (dyninfer.runtime, libdyninfer_rt, the HTTP example)")
     args = p.parse_args(argv)
     try:
         engine = compile_model(load_model(args.checkpoint), gates=args.gates, input_shape=args.input_shape)
-        out = engine.save(args.out)
+        out = engine.save(args.out, format=args.format)
         load(out)  # read back and verify once
     except (CheckpointError, ArtefactError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["load", "Model", "ArtefactError", "FORMAT", "FORMAT_VERSION", "save_artefact"]
+__all__ = ["load", "Model", "ArtefactError", "FORMAT", "FORMAT_VERSION", "isa", "save_artefact"]
 
 FORMAT = "dyninfer-runtime"
 FORMAT_VERSION = 2
@@ -37,6 +37,11 @@ def _rt():
         raise ImportError("dyninfer._rt (the torch-free runtime) is not built: reinstall dyninfer "
                           "(pip install --no-build-isolation -e .)") from exc
     return _rt
+
+
+def isa() -> str:
+    """The instruction set the kernels dispatch to on this CPU ("avx512", "avx2" or "portable")."""
+    return _rt().isa()
 
 
 class Model:
@@ -71,7 +76,7 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"dyninfer.runtime.Model({self.source}, input={self.input_shape}, gates={len(self.gate_names)}, "
-                f"mode={self.gates_mode}, isa={_rt().isa()})")
+                f"mode={self.gates_mode}, isa={isa()})")
 
 
 def load(source: str | os.PathLike | bytes, *, verify: bool = True) -> Model:

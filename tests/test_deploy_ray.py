@@ -20,7 +20,7 @@ def test_two_replicas_serve_the_engines_results(tmp_path):
     from test_deploy import randomize
 
     engine = dyninfer.compile(randomize(dyninfer.create_model("resnet20"), seed=31), input_shape=(3, 16, 16))
-    art = engine.save(tmp_path / "r20.dyninfer")
+    art = engine.save(tmp_path / "r20.dyninfer", format="runtime")
     xs = [torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(24)]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})

@@ -1,4 +1,5 @@
-"""The example HTTP service (examples/service): predictions equal the engine's, micro-batching
+"""The example HTTP service (examples/service, numpy + dyninfer.runtime, no torch): predictions equal
+the torch engine's bit for bit, micro-batching
 joins concurrent requests, bad requests get 4xx with a message and the server keeps serving, a
 full queue answers 503, and the bounded loopback load test ends with zero errors."""
 import asyncio
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import dyninfer
+import dyninfer.runtime
 
 aiohttp = pytest.importorskip("aiohttp", reason="the service example needs the 'serve' extra (aiohttp)")
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
@@ -27,12 +29,12 @@ def artefact(tmp_path_factory):
     from test_deploy import randomize
 
     engine = dyninfer.compile(randomize(dyninfer.create_model("resnet20"), seed=21), input_shape=(3, 16, 16))
-    return engine.save(tmp_path_factory.mktemp("svc") / "r20.dyninfer")
+    return engine.save(tmp_path_factory.mktemp("svc") / "r20.dyninfer", format="runtime")
 
 
 def serve(artefact, config, scenario, **app_kw):
     """Run ``scenario(client, engine)`` against an in-process server on a loopback port."""
-    engine = dyninfer.load(artefact)
+    engine = dyninfer.runtime.load(artefact)
 
     async def main():
         async with TestClient(TestServer(server.make_app(engine, config, **app_kw), host="127.0.0.1")) as client:
@@ -53,7 +55,8 @@ def test_predictions_paths_and_batching(artefact):
         answers = await asyncio.gather(*(one(x) for x in xs))  # 24 at once: batched
         return answers, engine
 
-    answers, engine = serve(artefact, server.BatchConfig(max_batch=8, max_wait_ms=20), scenario)
+    answers, _ = serve(artefact, server.BatchConfig(max_batch=8, max_wait_ms=20), scenario)
+    engine = dyninfer.load(artefact)  # the torch engine on the same file
     logits, path = engine(torch.stack(xs), return_path=True)
     for i, a in enumerate(answers):
         assert torch.equal(torch.tensor(a["logits"][0], dtype=torch.float32), logits[i])  # float32 → JSON → exact

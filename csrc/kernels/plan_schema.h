@@ -7,6 +7,10 @@
 //       ends in a variadic field (concat's inputs) has that many more values.
 #pragma once
 
+// The version of this layout; artefacts record it and loaders refuse another (csrc/runtime). Bump it
+// with any change below that alters the wire layout.
+#define DYNINFER_PLAN_VERSION 1
+
 // One activation buffer: channels, height, width, zero border, memory slot, values known >= 0.
 #define DYNINFER_BUFFER_FIELDS(F) F(C) F(H) F(W) F(border) F(slot) F(nonneg)
 

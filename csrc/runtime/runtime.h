@@ -22,13 +22,14 @@
 #include <vector>
 
 #include "../kernels/plan.h"
+#include "../kernels/plan_schema.h"
 #include "safetensors.h"
 
 namespace dyninfer {
 
 constexpr const char* kRuntimeFormat = "dyninfer-runtime";
 constexpr int kRuntimeFormatVersion = 2;
-constexpr int kPlanVersion = 1;  // the layout of plan_schema.h
+constexpr int kPlanVersion = DYNINFER_PLAN_VERSION;  // the layout of plan_schema.h
 
 struct RtModel {
   std::vector<int64_t> meta, ops, input_shape, output_shape, gate_sizes;

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-import torch
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,8 +57,8 @@ async def _wait_ready(url: str, proc: subprocess.Popen | None, seconds: float = 
 async def run(url: str, requests: int, concurrency: int, distinct: int, timeout: float, seed: int = 0) -> dict:
     info = await _wait_ready(url, None)
     shape = info["input_shape"]
-    g = torch.Generator().manual_seed(seed)
-    bodies = [json.dumps({"inputs": torch.randn(*shape, generator=g).tolist(), "return_path": True})
+    g = np.random.default_rng(seed)
+    bodies = [json.dumps({"inputs": g.standard_normal(shape, dtype=np.float32).tolist(), "return_path": True})
               for _ in range(distinct)]
     client, server, queue, compute, batch = [], [], [], [], []
     errors: dict[str, int] = {}

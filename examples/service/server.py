@@ -1,6 +1,6 @@
 """HTTP prediction service for a dyninfer artefact, with micro-batching (aiohttp).
 
-    pip install -e ".[serve]"
+    pip install -e ".[serve]"          # or, without torch: see README "The torch-free runtime"
     python examples/service/server.py model.dyninfer --port 8080 [--max-batch 16 --max-wait-ms 2 --queue 256]
 
 Endpoints
@@ -11,7 +11,8 @@ Endpoints
   GET  /health    {"status": "ok"}
   GET  /info      the artefact's metadata, the batching settings and counters
 
-The artefact is loaded once (dyninfer.load: verified). Requests wait in a bounded asyncio queue;
+The service needs numpy, aiohttp and dyninfer.runtime only: no torch. The artefact (written by
+``engine.save(path, format="runtime")``) is loaded once (dyninfer.runtime.load: verified). Requests wait in a bounded asyncio queue;
 one batcher task takes the first waiting request, then more until ``max_batch`` samples or
 ``max_wait_ms`` after the first, concatenates them and runs the engine once in a worker thread
 (the event loop keeps accepting requests meanwhile). Latency fields are server-side: arrival to
@@ -30,10 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
+import numpy as np
 from aiohttp import web
 
-import dyninfer
+import dyninfer.runtime as rt
 
 __all__ = ["BatchConfig", "MicroBatcher", "make_app", "main"]
 
@@ -43,7 +44,7 @@ class BatchConfig:
     max_batch: int = 16        # samples per engine call
     max_wait_ms: float = 2.0   # how long the first request of a batch waits for company
     queue_size: int = 256      # requests waiting; beyond it: 503
-    threads: int = 1           # torch threads of the engine's worker
+    threads: int = 1           # runtime threads per engine call
 
     def __post_init__(self):
         if self.max_batch < 1 or self.queue_size < 1 or self.threads < 1:
@@ -64,8 +65,7 @@ class MicroBatcher:
     def __init__(self, engine, config: BatchConfig):
         self.engine, self.config = engine, config
         self.queue: asyncio.Queue = asyncio.Queue(config.queue_size)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dyninfer-engine",
-                                       initializer=torch.set_num_threads, initargs=(config.threads,))
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dyninfer-engine")
         self.stats = {"requests": 0, "samples": 0, "batches": 0, "rejected_queue_full": 0, "engine_errors": 0}
         self._task: asyncio.Task | None = None
         self._carry = None
@@ -82,7 +82,7 @@ class MicroBatcher:
                 pass
         self.pool.shutdown(wait=True)
 
-    async def submit(self, x: torch.Tensor) -> dict[str, Any]:
+    async def submit(self, x: np.ndarray) -> dict[str, Any]:
         """x: (n, C, H, W), n <= max_batch. Returns logits (n, ...), path (n, P) and timings."""
         fut = asyncio.get_running_loop().create_future()
         try:
@@ -119,10 +119,11 @@ class MicroBatcher:
             items = [it for it in items if not it[1].done()]  # clients that went away
             if not items:
                 continue
-            x = torch.cat([it[0] for it in items]) if len(items) > 1 else items[0][0]
+            x = np.concatenate([it[0] for it in items]) if len(items) > 1 else items[0][0]
             t0 = time.perf_counter()
             try:
-                logits, path = await loop.run_in_executor(self.pool, lambda: self.engine(x, return_path=True))
+                logits, path = await loop.run_in_executor(
+                    self.pool, lambda: self.engine.run(x, return_path=True, threads=self.config.threads))
             except Exception as exc:  # an engine error fails this batch's requests, not the server
                 self.stats["engine_errors"] += 1
                 for _, fut, _ in items:
@@ -141,32 +142,32 @@ class MicroBatcher:
                 start += k
 
 
-def _parse(body: Any, engine, max_batch: int) -> tuple[torch.Tensor, bool]:
+def _parse(body: Any, engine, max_batch: int) -> tuple[np.ndarray, bool]:
     if not isinstance(body, dict) or "inputs" not in body:
         raise RequestError(400, 'body must be a JSON object with "inputs": [C][H][W] or [B][C][H][W] numbers')
     return_path = body.get("return_path", True)
     if not isinstance(return_path, bool):
         raise RequestError(400, f'"return_path" must be true or false, got {return_path!r}')
     try:
-        x = torch.tensor(body["inputs"], dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError) as exc:
+        x = np.asarray(body["inputs"], dtype=np.float32)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise RequestError(400, f'"inputs" is not a rectangular array of numbers: {exc}')
     shape = tuple(engine.input_shape)
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4 or tuple(x.shape[1:]) != shape:
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or tuple(x.shape[1:]) != shape:
         raise RequestError(422, f'"inputs" has shape {list(x.shape)}; expected {list(shape)} or [B, {", ".join(map(str, shape))}]')
     if x.shape[0] == 0:
         raise RequestError(422, '"inputs" holds no sample')
     if x.shape[0] > max_batch:
         raise RequestError(413, f'"inputs" holds {x.shape[0]} samples; this server takes at most {max_batch} per request')
-    if not torch.isfinite(x).all():
+    if not np.isfinite(x).all():
         raise RequestError(422, '"inputs" contains NaN or Infinity')
     return x, return_path
 
 
 def make_app(engine, config: BatchConfig = BatchConfig(), max_body_mb: float = 64) -> web.Application:
-    """The aiohttp application serving ``engine`` (a loaded dyninfer.CompiledModel)."""
+    """The aiohttp application serving ``engine`` (a dyninfer.runtime.Model)."""
     app = web.Application(client_max_size=int(max_body_mb * 2**20))
     batcher = MicroBatcher(engine, config)
     app["batcher"] = batcher
@@ -190,10 +191,10 @@ def make_app(engine, config: BatchConfig = BatchConfig(), max_body_mb: float = 6
         except RequestError as exc:
             return error(exc.status, str(exc))
         logits, path = r["logits"], r["path"]
-        out = {"predictions": logits.flatten(1).argmax(1).tolist(), "logits": logits.tolist(),
+        out = {"predictions": logits.reshape(len(logits), -1).argmax(1).tolist(), "logits": logits.tolist(),
                "density": path.mean(1).tolist() if path.shape[1] else [1.0] * logits.shape[0]}
         if return_path:
-            out["path"] = [{name: z[0].nonzero().flatten().tolist() for name, z in engine.split_path(p[None]).items()}
+            out["path"] = [{name: np.flatnonzero(z[0]).tolist() for name, z in engine.split_path(p[None]).items()}
                            for p in path]
         out.update(queue_ms=r["queue_ms"], compute_ms=r["compute_ms"], batch_size=r["batch_size"],
                    latency_ms=(time.perf_counter() - arrived) * 1e3)
@@ -203,11 +204,11 @@ def make_app(engine, config: BatchConfig = BatchConfig(), max_body_mb: float = 6
         return web.json_response({"status": "ok"})
 
     async def info(request: web.Request) -> web.Response:
-        meta = {k: v for k, v in getattr(engine, "artefact", {}).items() if k != "sha256"}
+        meta = {"source": engine.source, "sha256": engine.digest, "format": rt.FORMAT, "format_version": rt.FORMAT_VERSION}
         return web.json_response({"model": meta, "input_shape": list(engine.input_shape),
                                   "output_shape": list(engine.output_shape), "gates": engine.gates_mode,
                                   "gate_names": engine.gate_names, "gate_sizes": engine.gate_sizes,
-                                  "isa": engine.isa, "batching": asdict(config), "stats": batcher.stats})
+                                  "isa": rt.isa(), "batching": asdict(config), "stats": batcher.stats})
 
     async def on_startup(app):
         batcher.start()
@@ -232,21 +233,20 @@ def _loads(text: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("artefact", help="file written by engine.save()")
+    p.add_argument("artefact", help='file written by engine.save(path, format="runtime")')
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-batch", type=int, default=BatchConfig.max_batch)
     p.add_argument("--max-wait-ms", type=float, default=BatchConfig.max_wait_ms)
     p.add_argument("--queue", type=int, default=BatchConfig.queue_size)
-    p.add_argument("--threads", type=int, default=BatchConfig.threads, help="torch threads of the engine worker")
+    p.add_argument("--threads", type=int, default=BatchConfig.threads, help="runtime threads per engine call")
     args = p.parse_args(argv)
     try:
         config = BatchConfig(args.max_batch, args.max_wait_ms, args.queue, args.threads)
-        engine = dyninfer.load(args.artefact)
-    except (ValueError, dyninfer.deploy.ArtefactError) as exc:
+        engine = rt.load(args.artefact)
+    except ValueError as exc:  # rt.ArtefactError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
     print(f"serving {args.artefact} ({engine}) on http://{args.host}:{args.port} with {config}", flush=True)
     web.run_app(make_app(engine, config), host=args.host, port=args.port, print=None)
     return 0
