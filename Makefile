@@ -47,17 +47,20 @@ bench: install
 analyze: install
 	$(PY) -m dyninfer.cli analyze --out-dir benchmarks/results/analysis
 
-# libFuzzer + ASan + UBSan on the plan parser, validator and interpreter (fuzz/plan_fuzzer.cpp):
-# FUZZ_RUNS executions (about 370 per second per core here, so the default takes about 45 minutes on
-# one core), seeded with the plans of fuzz/make_corpus.py; the corpus grows in build/fuzz/corpus.
-# Findings (crash-*, leak-*, timeout-*) land in build/fuzz and fail the target.
-FUZZ_RUNS ?= 1000000
+# libFuzzer + ASan + UBSan on the plan parser, validator and interpreter (fuzz/plan_fuzzer.cpp) and
+# on the runtime's artefact loader (fuzz/artefact_fuzzer.cpp: safetensors container, versions, plan,
+# one run): FUZZ_RUNS executions of each, seeded by fuzz/make_corpus.py; the corpora grow in
+# build/fuzz/corpus and build/fuzz/corpus_artefacts. Findings (crash-*, leak-*, timeout-*) land in
+# build/fuzz and fail the target. About 370 plan executions per second per core here.
+FUZZ_RUNS ?= 500000
 fuzz: install
 	@command -v clang++ >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y clang; }
 	bash fuzz/build.sh
 	$(PY) fuzz/make_corpus.py build/fuzz/seeds
-	mkdir -p build/fuzz/corpus
+	mkdir -p build/fuzz/corpus build/fuzz/corpus_artefacts
 	cd build/fuzz && ./plan_fuzzer -runs=$(FUZZ_RUNS) -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 corpus seeds
+	cd build/fuzz && ./artefact_fuzzer -runs=$(FUZZ_RUNS) -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 \
+		corpus_artefacts seeds/artefacts
 
 # The extension built with ASan + UBSan (build/sanitize), running the engine, plan and deploy tests.
 sanitize: install

@@ -1,9 +1,11 @@
-"""Deployment artefact: one file that Python, TorchScript and C++ load and run the same way.
+"""Deployment artefacts: one file that Python, TorchScript and C++ load and run the same way.
 
-    engine.save("resnet56.dyninfer")            # or dyninfer.deploy.save(engine, path)
-    engine = dyninfer.load("resnet56.dyninfer")  # verified; bit-identical logits and paths
+    engine.save("resnet56.dyninfer")                          # format 2 (save_runtime; dyninfer.runtime)
+    engine.save("resnet56.ts.dyninfer", format="torchscript")  # format 1 (save; this module's TorchScript archive)
+    engine = dyninfer.load(path)                              # either; verified; bit-identical logits and paths
 
-Format (``FORMAT_VERSION`` 1): a TorchScript archive (``torch.jit.save`` zip) of a small scripted
+Format 2 is the torch-free runtime's (dyninfer.runtime, csrc/runtime/runtime.h). Format 1
+(``FORMAT_VERSION`` 1, below): a TorchScript archive (``torch.jit.save`` zip) of a small scripted
 module, :class:`EngineModule`, holding the engine's ``torch.classes.dyninfer.Plan`` as an attribute.
 The plan serialises through its TORCH_LIBRARY ``def_pickle`` as plain lists (meta, ops, conv
 names) and float32 tensors (BN-folded weights), stored as raw tensor records in the zip — the
@@ -207,7 +209,11 @@ def _load_runtime(path: Path):
     try:
         model = rt_load(path)
     except RuntimeArtefactError as exc:
-        raise ArtefactError(str(exc)) from None
+        msg = str(exc)
+        if "has no 'format'" in msg or "artefact format '" in msg:  # safetensors, but not an artefact
+            msg += (" (it looks like a safetensors checkpoint: rebuild the model with dyninfer.checkpoint.load_model "
+                    "and dyninfer.compile it, then engine.save)")
+        raise ArtefactError(msg) from None
     tensors = load_file(str(path))
     weights = [tensors[f"weight.{i:05d}"] for i in range(len(tensors) - 5)]
     spec = PlanSpec(meta=tensors["plan.meta"].tolist(), ops=tensors["plan.ops"].tolist(), weights=weights,
@@ -344,9 +350,12 @@ def load(path: str | os.PathLike):
     p = Path(path)
     if p.is_file():
         with open(p, "rb") as f:
-            head = f.read(2)
-        if head != b"PK":  # not a zip: the runtime artefact (format 2), or refused by its loader
-            return _load_runtime(p)
+            head = f.read(9)
+        if head[:2] != b"PK":  # not a zip archive (format 1)
+            if len(head) == 9 and head[8:9] == b"{":  # a safetensors header: format 2
+                return _load_runtime(p)
+            raise ArtefactError(f"{p} is truncated or not a dyninfer artefact ({p.stat().st_size} bytes; neither "
+                                f"a runtime artefact (format 2, safetensors) nor a TorchScript archive (format 1))")
     module, meta = load_module(path)
     plan_meta, ops, weights, names = module.plan_state()
     spec = PlanSpec(meta=list(plan_meta), ops=list(ops), weights=list(weights), conv_names=list(names),
@@ -371,8 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--gates", choices=["learned", "open"], default="learned")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"))
-    p.add_argument("--format", choices=["torchscript", "runtime"], default="torchscript",
-                   help="runtime: the torch-free artefact (dyninfer.runtime, libdyninfer_rt, the HTTP example)")
+    p.add_argument("--format", choices=["runtime", "torchscript"], default="runtime",
+                   help="runtime (default): the torch-free artefact (dyninfer.runtime, libdyninfer_rt, the service examples); "
+                        "torchscript: the TorchScript archive (examples/cpp, embedding in scripted modules)")
     args = p.parse_args(argv)
     try:
         engine = compile_model(load_model(args.checkpoint), gates=args.gates, input_shape=args.input_shape)

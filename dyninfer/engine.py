@@ -62,7 +62,7 @@ class CompiledModel:
 
     forward = __call__
 
-    def save(self, path, format: str = "torchscript"):
+    def save(self, path, format: str = "runtime"):
         """Write this engine as one verified deployment artefact, atomically (dyninfer.deploy).
 
         format="runtime": the torch-free artefact (safetensors: typed plan + weights), which

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build fuzz/plan_fuzzer with clang (libFuzzer + ASan + UBSan) into build/fuzz.
+# Build fuzz/plan_fuzzer and fuzz/artefact_fuzzer with clang (libFuzzer + ASan + UBSan) into build/fuzz.
 #   bash fuzz/build.sh            (make fuzz runs it, then the fuzzer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ mkdir -p "$OUT/obj"
 FLAGS=(-std=c++17 -O2 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined
        -fno-sanitize-recover=undefined -Icsrc -Wno-unknown-pragmas)
 objs=()
+rt_objs=()
 for src in csrc/kernels/*.cpp; do
   base=$(basename "$src" .cpp)
   isa=()
@@ -27,5 +28,16 @@ for src in csrc/kernels/*.cpp; do
   fi
   objs+=("$obj")
 done
+for src in csrc/runtime/safetensors.cpp csrc/runtime/runtime.cpp; do
+  base=$(basename "$src" .cpp)
+  obj="$OUT/obj/rt_$base.o"
+  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find csrc -name '*.h' -newer "$obj")" ]; then
+    echo "  CXX $src"
+    "$CXX" "${FLAGS[@]}" -fopenmp -c "$src" -o "$obj"
+  fi
+  rt_objs+=("$obj")
+done
 "$CXX" "${FLAGS[@]}" -fsanitize=fuzzer fuzz/plan_fuzzer.cpp "${objs[@]}" -o "$OUT/plan_fuzzer"
-echo "built $OUT/plan_fuzzer"
+"$CXX" "${FLAGS[@]}" -fopenmp -fsanitize=fuzzer fuzz/artefact_fuzzer.cpp "${rt_objs[@]}" "${objs[@]}" \
+  -o "$OUT/artefact_fuzzer"
+echo "built $OUT/plan_fuzzer and $OUT/artefact_fuzzer"

@@ -1,4 +1,5 @@
-"""Seed corpus of fuzz/plan_fuzzer.cpp: the compiled plans of the registered models (gated and
+"""Seed corpora: OUT_DIR for fuzz/plan_fuzzer.cpp and OUT_DIR/artefacts for fuzz/artefact_fuzzer.cpp
+(the same models saved as runtime artefacts, format 2). The plans are of the registered models (gated and
 dense, untrained weights) in the fuzzer's input format, at 8×8 pixels (small plans run fast
 under the sanitizers), and a tiny branchy net for max pooling, concatenation, affine and addition ops.
 
@@ -45,6 +46,14 @@ class _Branchy(torch.nn.Module):
         return self.fc2(torch.relu(self.fc1(torch.flatten(self.gap(y), 1))))
 
 
+def save_artefact(path: Path, model, size: int) -> None:
+    import dyninfer
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dyninfer.compile(model, input_shape=(3, size, size)).save(path, format="runtime")
+    print(f"{path} ({path.stat().st_size} bytes)")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -66,6 +75,7 @@ def main(argv=None) -> int:
             path = out / f"{name}_{'gated' if gated else 'dense'}_{size}px.bin"
             path.write_bytes(encode(spec))
             print(f"{path} ({path.stat().st_size} bytes)")
+            save_artefact(out / "artefacts" / f"{name}_{'gated' if gated else 'dense'}_{size}px.dyninfer", model, size)
     from dyninfer.nn import decouple
 
     for gated in (True, False):
@@ -74,6 +84,8 @@ def main(argv=None) -> int:
         path = out / f"branchy_{'gated' if gated else 'dense'}_8px.bin"
         path.write_bytes(encode(spec))
         print(f"{path} ({path.stat().st_size} bytes)")
+        save_artefact(out / "artefacts" / f"branchy_{'gated' if gated else 'dense'}_8px.dyninfer",
+                      decouple(_Branchy().eval(), skip=["down"]).eval() if gated else _Branchy().eval(), 8)
     return 0
 
 

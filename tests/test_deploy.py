@@ -31,7 +31,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def artefact(engine, tmp_path_factory):
-    return engine.save(tmp_path_factory.mktemp("art") / "resnet20.dyninfer")
+    return engine.save(tmp_path_factory.mktemp("art") / "resnet20.dyninfer", format="torchscript")
 
 
 def _user_model() -> nn.Module:
@@ -53,7 +53,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_round_trip_is_bit_identical(case, tmp_path):
     original = CASES[case]()
-    path = original.save(tmp_path / "m.dyninfer")
+    path = original.save(tmp_path / "m.dyninfer", format="torchscript")
     loaded = dyninfer.load(path)
     x = torch.randn(5, *original.input_shape, generator=torch.Generator().manual_seed(0))
     a, pa = original(x, return_path=True)
@@ -207,11 +207,11 @@ def test_save_is_atomic(engine, artefact, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.jit, "save", failing_save)
     with pytest.raises(OSError, match="simulated"):
-        engine.save(target)
+        engine.save(target, format="torchscript")
     assert target.read_bytes() == before  # the old artefact is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["atomic.dyninfer"]  # no temp file left
     monkeypatch.undo()
-    engine.save(target)
+    engine.save(target, format="torchscript")
     dyninfer.load(target)
 
 
@@ -297,7 +297,7 @@ def test_memory_stays_flat_over_10000_calls(tmp_path):
     plus a TensorImpl and storage of several hundred bytes — would grow RSS by ≥ 5 MB over 10,000
     calls; allocator noise after the warm-up is far below 1 MiB."""
     model = randomize(dyninfer.create_model("resnet20"), seed=7)
-    path = dyninfer.compile(model, input_shape=(3, 8, 8)).save(tmp_path / "small.dyninfer")
+    path = dyninfer.compile(model, input_shape=(3, 8, 8)).save(tmp_path / "small.dyninfer", format="torchscript")
     loaded = dyninfer.load(path)
     x = torch.randn(1, 3, 8, 8)
     for _ in range(1000):  # warm-up: workspaces, allocator arenas

@@ -43,7 +43,7 @@ def _run(exe: Path, *args) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("gates", ["learned", "open"])
 def test_cpp_matches_python(runner, tmp_path, gates):
     engine = dyninfer.compile(randomize(dyninfer.create_model("resnet20"), seed=11), gates=gates)
-    art = engine.save(tmp_path / "m.dyninfer")
+    art = engine.save(tmp_path / "m.dyninfer", format="torchscript")
     x = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     x.numpy().astype("<f4").tofile(tmp_path / "x.f32")
     proc = _run(runner, art, tmp_path / "x.f32", 7, tmp_path / "out")
@@ -66,7 +66,7 @@ def test_cpp_rejects_bad_artefacts_and_inputs(runner, tmp_path):
     from test_deploy import _flip, _rewrite
 
     engine = dyninfer.compile(randomize(dyninfer.create_model("resnet20"), seed=12))
-    good = engine.save(tmp_path / "good.dyninfer")
+    good = engine.save(tmp_path / "good.dyninfer", format="torchscript")
     _flip(good, tmp_path / "sha.dyninfer", fix_crc=True)
     (tmp_path / "trunc.dyninfer").write_bytes(good.read_bytes()[:5000])
     _rewrite(engine, tmp_path / "v2.dyninfer", format_version=2)

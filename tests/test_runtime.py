@@ -90,7 +90,7 @@ def test_bad_files_name_the_problem(tmp_path):
     assert wrong_version != bytes(data)
     with pytest.raises(rt.ArtefactError, match="format version 9, this runtime reads version 2"):
         rt.load(wrong_version)
-    old = engine.save(tmp_path / "old.dyninfer")  # TorchScript (format 1)
+    old = engine.save(tmp_path / "old.dyninfer", format="torchscript")  # format 1
     with pytest.raises(rt.ArtefactError, match="TorchScript artefact .* re-save it"):
         rt.load(old)
     x = torch.randn(2, 3, 32, 32)
