@@ -1,6 +1,11 @@
 #include "runtime.h"
 
+#ifdef _OPENMP
 #include <omp.h>
+#else  // built without OpenMP (e.g. the clang fuzz build): one thread
+static int omp_get_max_threads() { return 1; }
+static int omp_get_thread_num() { return 0; }
+#endif
 
 #include <cstdio>
 #include <cstring>
@@ -125,7 +130,9 @@ std::unique_ptr<RtModel> load_artefact(const uint8_t* bytes, size_t n, bool veri
   } else {
     m->digest = meta_str(f, "digest");
   }
-  m->arena.reset(new (std::align_val_t(64)) float[total > 0 ? total : 1]);
+  const size_t arena_bytes = ((total > 0 ? total : 1) * sizeof(float) + 63) & ~size_t(63);  // a multiple of the alignment
+  m->arena.reset(static_cast<float*>(std::aligned_alloc(64, arena_bytes)));
+  if (!m->arena) throw std::bad_alloc();
   std::vector<WeightRef> refs;
   size_t off = 0;
   for (const StTensor* t : ws) {
@@ -175,7 +182,12 @@ void run_model(const RtModel& m, const float* x, int64_t batch, float* logits, f
     for (int64_t i = 0; i < n; ++i) probe += x[i] * 0.f;
     if (probe != 0.f) throw std::invalid_argument("dyninfer runtime: input contains NaN or Inf values");
   }
+#ifdef _OPENMP
   const int nt = threads > 0 ? threads : omp_get_max_threads();
+#else
+  const int nt = 1;  // without OpenMP the parallel region below would run its first chunk only
+  (void)threads;
+#endif
   ParallelFor pfor;
   if (nt > 1) {
     pfor = [nt](int64_t begin, int64_t end, int64_t, const std::function<void(int64_t, int64_t)>& fn) {

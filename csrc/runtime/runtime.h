@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,7 +38,10 @@ struct RtModel {
   std::vector<std::string> conv_names, gate_names;
   bool open_gates = false;
   std::string digest;
-  std::unique_ptr<float[]> arena;  // every weight, 64-byte aligned, held once
+  struct FreeDeleter {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float[], FreeDeleter> arena;  // every weight, 64-byte aligned (aligned_alloc), held once
   std::unique_ptr<Plan> plan;
 
   int64_t input_numel() const { return plan->input_numel(); }
