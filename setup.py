@@ -39,7 +39,11 @@ runtime = Pybind11Extension(
 if os.environ.get("DYNINFER_RUNTIME_ONLY", "0") == "1":
     setup(ext_modules=[runtime])
 else:
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, library_paths
+
+    # dyninfer._C links libc10/libtorch: find them in the torch wheel even when torch is not imported
+    # first (`import dyninfer._C` alone; the package top level no longer imports torch)
+    rpath = [f"-Wl,-rpath,{p}" for p in library_paths()]
 
     setup(
         ext_modules=[
@@ -48,7 +52,7 @@ else:
                 sources,
                 include_dirs=[os.path.join(here, "csrc")],
                 extra_compile_args={"cxx": cxx_flags + san_flags},
-                extra_link_args=["-fopenmp"] + san_flags,
+                extra_link_args=["-fopenmp"] + rpath + san_flags,
             ),
             runtime,
         ],
