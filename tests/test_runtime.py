@@ -168,3 +168,28 @@ def test_mutated_artefacts_never_crash(tmp_path):
         crashes.append(f"rc {r.returncode}: {lines[-1]}")
         start = int(lines[-1].split()[1]) + 1
     assert not crashes, f"{len(crashes)} of {count} mutated artefacts crashed the process:\n" + "\n".join(crashes)
+
+
+def _set_int(data: bytes, tensor: str, index: int, value: int) -> bytes:
+    """The artefact with int64 element ``index`` of ``tensor`` set to ``value`` (digest not fixed)."""
+    import json
+    import struct
+
+    n = struct.unpack("<Q", data[:8])[0]
+    lo, _ = json.loads(data[8:8 + n])[tensor]["data_offsets"]
+    b = bytearray(data)
+    struct.pack_into("<q", b, 8 + n + lo + 8 * index, value)
+    return bytes(b)
+
+
+@pytest.mark.parametrize("tensor,index,value,message", [
+    ("plan.gate_sizes", 0, 1 << 62, "gate size .* out of range"),       # summed: signed overflow before the check
+    ("plan.output_shape", 0, -5, "output_shape has a bad dimension"),
+    ("plan.input_shape", 1, 1 << 40, "input_shape does not match"),
+    ("plan.ops", 2, -1, "op 0"),                                          # the plan validator names the op
+])
+def test_edge_values_are_refused_by_name(tmp_path, tensor, index, value, message):
+    """Found by fuzz/artefact_fuzzer: a gate size of 2^62 overflowed the path-length sum (UBSan)."""
+    _, path, _ = _saved(tmp_path)
+    with pytest.raises(rt.ArtefactError, match=message):
+        rt.load(_set_int(path.read_bytes(), tensor, index, value), verify=False)

@@ -148,10 +148,14 @@ std::unique_ptr<RtModel> load_artefact(const uint8_t* bytes, size_t n, bool veri
     throw ArtefactError("artefact input_shape does not match the plan's input buffer");
   int64_t out_numel = 1, path = 0;
   for (int64_t s : m->output_shape) {
-    if (s < 1 || s > (1 << 24)) throw ArtefactError("artefact output_shape has a bad dimension " + std::to_string(s));
+    if (s < 1 || s > (1 << 24) || out_numel > (int64_t(1) << 40) / s)  // no overflow on the product
+      throw ArtefactError("artefact output_shape has a bad dimension " + std::to_string(s));
     out_numel *= s;
   }
-  for (int64_t s : m->gate_sizes) path += s;
+  for (int64_t s : m->gate_sizes) {
+    if (s < 0 || s > (1 << 24)) throw ArtefactError("artefact gate size " + std::to_string(s) + " out of range");
+    path += s;  // at most 2^16 gates (int_vector's limit) of at most 2^24: no overflow
+  }
   if (out_numel != m->plan->output_numel())
     throw ArtefactError("artefact output_shape does not match the plan's output buffer");
   if (path != m->plan->path_len()) throw ArtefactError("artefact gate_sizes do not add up to the plan's path length");
