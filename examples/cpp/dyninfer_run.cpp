@@ -1,4 +1,4 @@
-// Loads a dyninfer artefact (written by engine.save() in Python) with libtorch, verifies it the way
+// Loads a dyninfer TorchScript artefact (format 1, written by engine.save(path, format="torchscript") in Python) with libtorch, verifies it the way
 // dyninfer.load does (format version, shapes, sha256 of the plan) and runs it.
 //
 //   dyninfer_run MODEL.dyninfer                         verify, run one all-zero sample, print a summary
