@@ -199,22 +199,23 @@ def save_runtime(engine, path: str | os.PathLike) -> Path:
 def _load_runtime(path: Path):
     """A CompiledModel from a runtime artefact: the C++ runtime verifies it first (container,
     versions, digest, every plan field), then the torch extension builds the same plan."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load as st_load
 
     from .compiler.planner import PlanSpec
     from .engine import CompiledModel
     from .runtime import ArtefactError as RuntimeArtefactError
     from .runtime import load as rt_load
 
+    data = path.read_bytes()  # read once: what is verified is what is built
     try:
-        model = rt_load(path)
+        model = rt_load(data)
     except RuntimeArtefactError as exc:
-        msg = str(exc)
+        msg = str(exc).replace("<bytes>", str(path), 1)
         if "has no 'format'" in msg or "artefact format '" in msg:  # safetensors, but not an artefact
             msg += (" (it looks like a safetensors checkpoint: rebuild the model with dyninfer.checkpoint.load_model "
                     "and dyninfer.compile it, then engine.save)")
         raise ArtefactError(msg) from None
-    tensors = load_file(str(path))
+    tensors = st_load(data)
     weights = [tensors[f"weight.{i:05d}"] for i in range(len(tensors) - 5)]
     spec = PlanSpec(meta=tensors["plan.meta"].tolist(), ops=tensors["plan.ops"].tolist(), weights=weights,
                     conv_names=list(model.conv_names), gate_names=list(model.gate_names),
