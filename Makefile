@@ -17,6 +17,9 @@ install:
 		echo "warning: apt-get not found; install Fashion-MNIST with 'apt-get install dataset-fashion-mnist'" \
 			"or pass a folder of its IDX files as --data-root"; \
 	fi
+	# CMake builds libdyninfer_rt and the C/C++ examples (their tests skip without it)
+	@command -v cmake >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y cmake; } \
+		|| $(PIP) install cmake || echo "warning: cmake not installed; the C and C++ example tests will be skipped"
 	# torch 2.13.0 CPU build first: an unpinned torch would pull a multi-GB CUDA build. Where the
 	# registry serves a CUDA build of 2.13.0, take PyTorch's CPU index:
 	#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu

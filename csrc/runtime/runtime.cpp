@@ -112,24 +112,7 @@ std::unique_ptr<RtModel> load_artefact(const uint8_t* bytes, size_t n, bool veri
     ws.push_back(&tensor(f, weight_name(i), "F32"));
     total += (static_cast<size_t>(ws.back()->numel()) + 15) & ~size_t(15);
   }
-  if (verify) {
-    DigestInput d{m->meta, m->ops, {}, m->conv_names, m->open_gates, m->input_shape, m->output_shape,
-                  m->gate_names, m->gate_sizes};
-    std::vector<std::vector<float>> tmp;  // safetensors data need not be 4-byte aligned
-    tmp.reserve(ws.size());
-    for (const StTensor* t : ws) {
-      tmp.emplace_back(static_cast<size_t>(t->numel()));
-      if (t->nbytes) std::memcpy(tmp.back().data(), t->data, t->nbytes);
-      d.weights.push_back({tmp.back().data(), t->shape});
-    }
-    const std::string got = plan_digest(d), want = meta_str(f, "digest");
-    if (got != want)
-      throw ArtefactError("artefact digest mismatch (stored " + want.substr(0, 16) + "..., computed " + got.substr(0, 16) +
-                          "...): the file is corrupt or was modified");
-    m->digest = got;
-  } else {
-    m->digest = meta_str(f, "digest");
-  }
+  // Weights go into the arena once (safetensors data need not be 4-byte aligned); the digest reads them there.
   const size_t arena_bytes = ((total > 0 ? total : 1) * sizeof(float) + 63) & ~size_t(63);  // a multiple of the alignment
   m->arena.reset(static_cast<float*>(std::aligned_alloc(64, arena_bytes)));
   if (!m->arena) throw std::bad_alloc();
@@ -141,6 +124,16 @@ std::unique_ptr<RtModel> load_artefact(const uint8_t* bytes, size_t n, bool veri
     refs.push_back({dst, t->numel()});
     m->weight_shapes.push_back(t->shape);
     off += (static_cast<size_t>(t->numel()) + 15) & ~size_t(15);
+  }
+  m->digest = meta_str(f, "digest");
+  if (verify) {
+    DigestInput d{m->meta, m->ops, {}, m->conv_names, m->open_gates, m->input_shape, m->output_shape,
+                  m->gate_names, m->gate_sizes};
+    for (size_t i = 0; i < refs.size(); ++i) d.weights.push_back({refs[i].data, m->weight_shapes[i]});
+    const std::string got = plan_digest(d);
+    if (got != m->digest)
+      throw ArtefactError("artefact digest mismatch (stored " + m->digest.substr(0, 16) + "..., computed " +
+                          got.substr(0, 16) + "...): the file is corrupt or was modified");
   }
   m->plan = std::make_unique<Plan>(m->meta, m->ops, std::move(refs), m->conv_names, detect_isa());
   const Buffer& in = m->plan->input_buffer();
