@@ -37,7 +37,9 @@ CompiledPlan::CompiledPlan(std::vector<int64_t> meta_, std::vector<int64_t> ops_
     TORCH_CHECK_VALUE(w.device().is_cpu() && w.scalar_type() == at::kFloat,
                       "dyninfer plan: weight ", i, " must be a float32 CPU tensor, got ", w.scalar_type(), " on ",
                       w.device());
-    weights.push_back(w.detach().contiguous().clone());
+    // shared, not cloned: the planner's tensors are already the engine's own copies, so a compiled
+    // model holds its weights once (the plan and CompiledModel.spec see the same memory)
+    weights.push_back(w.detach().contiguous());
     refs.push_back({weights.back().data_ptr<float>(), weights.back().numel()});
   }
   try {

@@ -221,7 +221,7 @@ def _load_runtime(path: Path):
                     conv_names=list(model.conv_names), gate_names=list(model.gate_names),
                     gate_sizes=list(model.gate_sizes), input_shape=tuple(model.input_shape),
                     output_shape=tuple(model.output_shape))
-    engine = CompiledModel(spec, model.gates_mode)
+    engine = CompiledModel.from_plan(spec, model.gates_mode)
     engine.artefact = {"path": str(path), "format": FORMAT_RUNTIME, "format_version": 2, "sha256": model.digest,
                        "gates": model.gates_mode}
     return engine
@@ -362,7 +362,7 @@ def load(path: str | os.PathLike):
     spec = PlanSpec(meta=list(plan_meta), ops=list(ops), weights=list(weights), conv_names=list(names),
                     gate_names=list(meta["gate_names"]), gate_sizes=list(meta["gate_sizes"]),
                     input_shape=tuple(meta["input_shape"]), output_shape=tuple(meta["output_shape"]))
-    engine = CompiledModel(spec, meta["gates"], plan=module.plan)
+    engine = CompiledModel.from_plan(spec, meta["gates"], plan=module.plan)
     engine.artefact = {"path": str(Path(path)), **{k: meta[k] for k in meta if k not in ("conv_names",)}}
     return engine
 

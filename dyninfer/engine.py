@@ -32,20 +32,36 @@ class CompiledModel:
     decisions z of every gated layer from the same run (``split_path`` names them)."""
 
     def __init__(self, spec: PlanSpec, gates: str, plan=None):
+        if not isinstance(spec, PlanSpec):
+            raise TypeError(f"CompiledModel: expected a PlanSpec, got {type(spec).__name__}")
+        if gates not in ("learned", "open"):
+            raise ValueError(f"CompiledModel: gates must be 'learned' or 'open', got {gates!r}")
         load_extension()
         from ._C import run
         self._run = run
         self.spec = spec
         self.gates_mode = gates
-        # plan: an already built Plan of this spec (dyninfer.load passes the archived one)
+        # plan: an already built Plan of this spec (dyninfer.load passes the archived one). The plan
+        # shares the spec's weight tensors (the planner made them the engine's own copies): the
+        # weights are held once.
         self.plan = plan if plan is not None else torch.classes.dyninfer.Plan(spec.meta, spec.ops, spec.weights,
                                                                               spec.conv_names)
+        if self.plan.path_len() != sum(spec.gate_sizes):
+            raise ValueError(f"CompiledModel: the plan has {self.plan.path_len()} gate decisions per sample, "
+                             f"the spec's gates {sum(spec.gate_sizes)}")
         self.input_shape = spec.input_shape
         self.output_shape = spec.output_shape
         self.gate_names = list(spec.gate_names)
         self.gate_sizes = list(spec.gate_sizes)
         self.conv_names = list(spec.conv_names)
         self._open = gates == "open"
+
+    @classmethod
+    def from_plan(cls, spec: PlanSpec, gates: str = "learned", plan=None) -> "CompiledModel":
+        """An engine from a built plan description (``dyninfer.compiler.build_plan``'s PlanSpec, or
+        one read back from an artefact), and optionally the already built
+        ``torch.classes.dyninfer.Plan`` of it; gates "learned" or "open" (dense mode)."""
+        return cls(spec, gates, plan=plan)
 
     @property
     def isa(self) -> str:
@@ -131,4 +147,4 @@ def compile(model: nn.Module, gates: str = "learned", input_shape: Sequence[int]
         raise ValueError("dyninfer.compile: pass input_shape=(C, H, W) for models not created by "
                          f"dyninfer.models.create_model (got {input_shape})")
     spec = build_plan(model, shape, force_keep=force_keep)
-    return CompiledModel(spec, gates)
+    return CompiledModel.from_plan(spec, gates)

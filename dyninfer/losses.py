@@ -83,7 +83,7 @@ from torch import Tensor, nn
 from .nn.decouple import gates as _gates
 from .nn.gates import ArchitectureControl
 
-__all__ = ["LossConfig", "DecouplingLoss", "PRESETS", "preset", "list_presets", "kl_z_y", "sparsity_loss", "response_targets",
+__all__ = ["LossConfig", "DecouplingLoss", "PRESETS", "preset", "list_presets", "kl_z_y", "sparsity_loss", "free_ratio", "response_targets",
            "batch_shaping_loss", "beta_cdf", "gate_on_probability"]
 
 
@@ -253,6 +253,15 @@ def response_targets(y_mean: Tensor, keep: float) -> Tensor:
     return torch.zeros_like(y_mean).scatter_(1, idx, 1.0)
 
 
+def free_ratio(target_ratio: float, channels: int, core: int) -> float:
+    """The firing rate r' that the N − n_core filters outside a static core of n_core need for the
+    layer to keep a share R of its N filters on average: (R·N − n_core) / (N − n_core). Outside
+    (0, 1) (R = 0, "learn freely", or a core as large as R·N) it is 0.5, as ``LossConfig.prior``."""
+    free = channels - core
+    r = (target_ratio * channels - core) / free if free > 0 else 0.5
+    return r if 0.0 < r < 1.0 else 0.5
+
+
 def sparsity_loss(z: Tensor, target_ratio: float) -> Tensor:
     """(B,) | ||z||_1 − R·N | per sample (Eq. 11); R = 0 gives ||z||_1."""
     return (z.sum(dim=1) - target_ratio * z.shape[1]).abs()
@@ -382,10 +391,20 @@ class DecouplingLoss(nn.Module):
             layer_kl = kl_z_y(z, y_mean, cfg.eps).mean()  # Eq. 10
             kl = kl + (layer_kl / z.shape[1] if cfg.kl_reduction == "mean" else layer_kl)
             sp = sp + sparsity_loss(z, cfg.target_ratio).mean()  # Eq. 11
-            if shaping:
-                bs = bs + batch_shaping_loss(gate_on_probability(g.logits.float()), *cfg.prior)
-            if lambda_rt > 0:
-                rt = rt + F.binary_cross_entropy_with_logits(g.logits.float(), response_targets(y_mean, cfg.prior[0]))
+            if shaping or lambda_rt > 0:
+                # a static core (ArchitectureControl.set_core) is on for every input: batch-shaping and
+                # the response targets see only the other filters, at the rate that keeps R overall
+                g_logits, y_free, r = g.logits.float(), y_mean, cfg.prior[0]
+                if g.core is not None and bool(g.core.any()):
+                    free = ~g.core
+                    if not bool(free.any()):
+                        continue
+                    g_logits, y_free = g_logits[:, free], y_mean[:, free]
+                    r = free_ratio(cfg.target_ratio, g.out_channels, int(g.core.sum()))
+                if shaping:
+                    bs = bs + batch_shaping_loss(gate_on_probability(g_logits), r, 1.0 - r)
+                if lambda_rt > 0:
+                    rt = rt + F.binary_cross_entropy_with_logits(g_logits, response_targets(y_free, r))
         total = ce + self.aux_scale * (cfg.lambda_mi * mi + cfg.lambda_kl * kl + cfg.lambda_s * sp + lambda_bs * bs
                                        + lambda_rt * rt)  # Eq. 12 + L_bs + L_rt
         if cfg.mi_fit_head:

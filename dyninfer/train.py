@@ -106,6 +106,11 @@ class TrainConfig:
     # per-input paths, as the static baseline's weights do on its fixed mask. Gates are hard then.
     # None: the gates train to the end
     freeze_gates_from: float | None = None
+    # static core: in every gated layer this share of the filters (those with the largest mean response
+    # of the init model on the training split) is on for every input, and the gates choose among the
+    # rest at the rate that keeps the target ratio R overall (ArchitectureControl.set_core). Lowers
+    # path entropy: the core filters train on every input. None: every filter is gated
+    core_ratio: float | None = None
     autocast: str = "off"  # "bf16": train under CPU bf16 autocast (fast where the CPU has AMX / AVX512_BF16); eval is FP32
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
@@ -180,6 +185,14 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not 0 < v <= 1:
                 raise ValueError(f"TrainConfig.{name}: a fraction of the epochs in (0, 1], got {v}")
+        if self.core_ratio is not None:
+            if not self.gated or self.static_from is not None:
+                raise ValueError("TrainConfig.core_ratio: a static core belongs to a dynamic gated run "
+                                 "(gated=True, static_from=None)")
+            r = self.loss_config().target_ratio
+            if not 0 < self.core_ratio < r:
+                raise ValueError(f"TrainConfig.core_ratio: a share of the filters in (0, R) with R = {r} the "
+                                 f"target ratio, got {self.core_ratio}")
         if self.static_from is not None and not self.gated:
             raise ValueError("TrainConfig.static_from: a static-mask baseline is a gated model (gated=True)")
         if self.gate_init not in GATE_INITS:
@@ -474,6 +487,46 @@ def static_masks_from(path: str | os.PathLike, train_ds: Dataset, model: nn.Modu
             "density": float(torch.cat(list(masks.values())).float().mean())}
 
 
+@torch.no_grad()
+def core_masks(model: nn.Module, train_ds: Dataset, ratio: float, samples: int = 2048,
+               batch_size: int = 256) -> dict[str, Tensor]:
+    """Static core of every gate of ``model``: {gate path: (N,) bool} with the round(ratio · N) filters
+    (at least 1) whose unit output has the largest mean global-average-pooled response over the first
+    ``samples`` images of ``train_ds`` (augmentation off), every gate open while measuring. The
+    response is the one the response targets rank (before gating); deterministic for a given model."""
+    ds = train_ds
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    own = gates(model)
+    saved_augment, ds.augment = getattr(ds, "augment", None), None
+    was_training = model.training
+    saved_keep = {k: g.force_keep for k, g in own.items()}
+    sums: dict[str, Tensor] = {}
+    seen = 0
+    try:
+        model.eval()
+        for g in own.values():
+            g.force_keep = 1.0
+        n = min(samples, len(train_ds))
+        for x, _ in DataLoader(Subset(train_ds, range(n)), batch_size=batch_size, shuffle=False):
+            model(x)
+            for k, g in own.items():
+                sums[k] = sums.get(k, 0) + g.y_mean.double().sum(0)
+            seen += x.shape[0]
+    finally:
+        ds.augment = saved_augment
+        for k, g in own.items():
+            g.force_keep = saved_keep[k]
+        model.train(was_training)
+    masks = {}
+    for k, total in sums.items():
+        mean = total / max(seen, 1)
+        keep = torch.zeros(mean.numel(), dtype=torch.bool)
+        keep[torch.sort(mean, descending=True, stable=True).indices[:max(1, int(round(ratio * mean.numel())))]] = True
+        masks[k] = keep
+    return masks
+
+
 # ---------------------------------------------------------------------------------------------
 # the loop
 
@@ -503,7 +556,7 @@ _RESUME_FREE = {"resume", "progress", "threads", "num_workers", "out_dir"}
 
 # fields that only a gated run reads: a dense run's resume state ignores them
 _GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "rt_decay",
-               "hard_gates_from", "freeze_gates_from",
+               "hard_gates_from", "freeze_gates_from", "core_ratio",
                "static_eval"}
 
 
@@ -602,6 +655,12 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
         from .nn import freeze_static
 
         freeze_static(gates(model), static["masks"])
+    core = None
+    if cfg.core_ratio is not None:
+        core = core_masks(model, train_ds, cfg.core_ratio)
+        for k, g in gates(model).items():
+            g.set_core(core[k])
+    core_gates = list(gates(model).values()) if core is not None else []
     if cfg.freeze_gates:
         for g in gates(model).values():
             g.requires_grad_(False)
@@ -641,6 +700,9 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
     if static is not None:
         meta["static_masks"] = {"from": cfg.static_from, "layer_density": static["layer_density"],
                                 "density": static["density"]}
+    if core is not None:
+        meta["core"] = {"ratio": cfg.core_ratio, "filters": sum(int(m.sum()) for m in core.values()),
+                        "of": sum(m.numel() for m in core.values())}
     resume_path = out_dir / RESUME_FILE
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -694,6 +756,8 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
+            for g in core_gates:  # the core rows stay what set_core wrote (weight decay may be on)
+                g.apply_core()
             b = y.shape[0]
             loss_sum += total.item() * b
             for k, v in parts.items():

@@ -432,3 +432,26 @@ def test_avx2_kernels_match_torch_on_channel_subsets(case):
             del os.environ["DYNINFER_ISA"]
         else:
             os.environ["DYNINFER_ISA"] = saved
+
+
+def test_weights_held_once_and_owned_by_the_engine():
+    """The C++ plan shares the spec's weight tensors (no second copy), and those are the engine's own:
+    changing the model's parameters after compiling changes nothing the engine computes."""
+    model = dyninfer.create_model("resnet20").eval()
+    engine = dyninfer.compile(model)
+    state = engine.plan.__getstate__()
+    if isinstance(state[0], tuple):  # torch's Python binding pairs the pickled state with the class name
+        state = state[0]
+    plan_weights = state[2]
+    assert len(plan_weights) == len(engine.spec.weights)
+    assert all(a.data_ptr() == b.data_ptr() for a, b in zip(plan_weights, engine.spec.weights))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert not any(w.untyped_storage().data_ptr() in params for w in engine.spec.weights)
+    x = torch.randn(2, 3, 32, 32)
+    before = engine(x)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert torch.equal(engine(x), before)
+    with pytest.raises(ValueError, match="gates must be"):
+        dyninfer.CompiledModel.from_plan(engine.spec, "sometimes")

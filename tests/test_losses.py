@@ -326,3 +326,49 @@ def test_gradient_reaches_gates_through_z(model, batch):
     total.backward()
     for lin in crit.classifiers.values():
         assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+def test_free_ratio():
+    from dyninfer.losses import free_ratio
+    assert free_ratio(0.5, 10, 3) == pytest.approx(2 / 7)  # (0.5*10 - 3) / (10 - 3)
+    assert free_ratio(0.5, 10, 0) == pytest.approx(0.5)
+    assert free_ratio(0.5, 10, 5) == 0.5  # a core as large as R*N: no rate left, the neutral prior
+    assert free_ratio(0.0, 10, 2) == 0.5  # R = 0 (learn freely)
+    assert free_ratio(0.5, 4, 4) == 0.5  # every filter in the core
+
+
+def test_static_core_is_left_out_of_batch_shaping_and_response_targets(model):
+    """With a static core the two terms see only the other filters, at the rate free_ratio gives; the
+    core filters' logit is the margin for every input and gets no gradient from the loss."""
+    from dyninfer.losses import free_ratio
+    torch.manual_seed(0)
+    cfg = LossConfig(lambda_mi=0.0, lambda_kl=0.0, lambda_s=0.0, target_ratio=0.5)
+    crit = DecouplingLoss(model, K, cfg)
+    g1, g2 = gates(model).values()
+    core = torch.tensor([True, False, True, False, False, False])
+    g1.set_core(core)
+    x, labels = torch.randn(8, 3, 6, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    logits = model.train()(x)
+    assert torch.equal(g1.logits[:, core], torch.full((8, 2), 10.0))
+    assert torch.equal(g1.z[:, core], torch.ones(8, 2))  # training noise never closes the core
+    _, parts = crit(logits, labels)
+    r1 = free_ratio(0.5, 6, 2)
+    free = ~core
+    bs = (batch_shaping_loss(gate_on_probability(g1.logits[:, free]), r1, 1 - r1)
+          + batch_shaping_loss(gate_on_probability(g2.logits), 0.5, 0.5))
+    rt = (F.binary_cross_entropy_with_logits(g1.logits[:, free], response_targets(g1.y_mean[:, free], r1))
+          + F.binary_cross_entropy_with_logits(g2.logits, response_targets(g2.y_mean, 0.5)))
+    assert parts["bs"].item() == pytest.approx(bs.item(), rel=1e-5)
+    assert parts["rt"].item() == pytest.approx(rt.item(), rel=1e-5)
+    total, _ = crit(model(x), labels)
+    total.backward()
+    assert torch.count_nonzero(g1.fc2.weight.grad[core]) == 0 and torch.count_nonzero(g1.fc2.bias.grad[core]) == 0
+    assert torch.count_nonzero(g1.fc2.weight.grad[free]) > 0
+    with torch.no_grad():  # an optimiser step with weight decay would move the core rows: apply_core restores them
+        g1.fc2.weight.add_(0.5)
+        g1.fc2.bias.sub_(1.0)
+    g1.apply_core()
+    assert torch.equal(g1.fc2.weight[core], torch.zeros(2, g1.fc2.in_features))
+    assert torch.equal(g1.fc2.bias[core], torch.full((2,), 10.0))
+    with pytest.raises(ValueError, match="mask of 6 channels"):
+        g1.set_core(torch.ones(5, dtype=torch.bool))

@@ -231,3 +231,46 @@ def test_freeze_gates_from(tmp_path):
     assert gate_keys and conv_keys
     assert all(torch.equal(g1[k], g2[k]) for k in gate_keys)  # epoch 2 left the gates as epoch 1 made them
     assert any(not torch.equal(g1[k], g2[k]) for k in conv_keys)  # ... and trained the convs
+
+
+def test_core_ratio_keeps_a_static_core(tmp_path):
+    """core_ratio: in every gate the round(c·N) filters with the largest mean response of the init model
+    are on for every input, and stay so through training (weight decay on the gates included); the
+    other filters stay gated."""
+    from dyninfer.train import core_masks
+    with pytest.raises(ValueError, match="core_ratio"):
+        TrainConfig(core_ratio=0.6)  # not below R = 0.5
+    with pytest.raises(ValueError, match="core_ratio"):
+        TrainConfig(core_ratio=0.2, gated=False)
+    common = dict(model="resnet20", dataset="digits", batch_size=32, train_subset=64, test_subset=32, threads=1,
+                  macs_samples=8, progress=False, milestones=(1.0,), static_eval=False)
+    dense = train(TrainConfig(gated=False, epochs=1, out_dir=str(tmp_path / "dense"), **common))
+    run = train(TrainConfig(gated=True, epochs=1, init_checkpoint=str(dense.last_path), core_ratio=0.25,
+                            gate_weight_decay=0.1, out_dir=str(tmp_path / "core"), **common))
+    # the core the run chose, recomputed from the same init: the strongest mean responses
+    init = create_model("resnet20", num_classes=10, gated=True)
+    load_init_weights(init, dense.last_path)
+    full = load_dataset("digits", split="train", augment=False)
+    train_ds = Subset(full, torch.randperm(len(full), generator=torch.Generator().manual_seed(0))[:64].tolist())
+    masks = core_masks(init, train_ds, 0.25)
+    for path, g in dyninfer_gates(init).items():
+        g.force_keep = 1.0
+    init.eval()
+    x = torch.stack([train_ds[i][0] for i in range(64)])
+    with torch.no_grad():
+        init(x)
+    for path, g in dyninfer_gates(init).items():
+        mean, keep = g.y_mean.mean(0), masks[path]
+        assert int(keep.sum()) == max(1, round(0.25 * g.out_channels))
+        assert mean[keep].min() >= mean[~keep].max()
+    trained = dyninfer_gates(run.model)
+    test_x = torch.stack([load_dataset("digits", split="test")[i][0] for i in range(32)])
+    with torch.no_grad():
+        run.model.eval()(test_x)
+    for path, g in trained.items():
+        keep = masks[path]
+        assert torch.equal(g.fc2.weight[keep], torch.zeros(int(keep.sum()), g.fc2.in_features))
+        assert torch.equal(g.fc2.bias[keep], torch.full((int(keep.sum()),), 10.0))
+        assert bool(g.z[:, keep].all())
+    meta = json.loads((tmp_path / "core" / "config.json").read_text())
+    assert meta["core"]["ratio"] == 0.25 and meta["core"]["filters"] == sum(int(m.sum()) for m in masks.values())

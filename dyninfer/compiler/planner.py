@@ -193,7 +193,10 @@ class _Builder:
         return len(self.buffers) - 1
 
     def weight(self, t: torch.Tensor) -> int:
-        self.weights.append(t.detach().float().contiguous())
+        w = t.detach().float().contiguous()
+        if w.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+            w = w.clone()  # the engine's own copy: training the model further never changes a compiled plan
+        self.weights.append(w)  # the C++ plan shares these tensors (held once)
         return len(self.weights) - 1
 
     def act(self, node: fx.Node, user: fx.Node) -> int:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ArchitectureControl", "improved_semhash", "saturating_sigmoid", "GATE_INITS", "freeze_static"]
+__all__ = ["ArchitectureControl", "improved_semhash", "saturating_sigmoid", "GATE_INITS", "freeze_static", "CORE_MARGIN"]
 
 # Gate initialisations (ArchitectureControl.reset_parameters):
 #   "open":  W1 = 0, b1 = 1, W2 = 0, b2 = 1: g = 1 for every input (the published reference code's
@@ -27,6 +27,9 @@ __all__ = ["ArchitectureControl", "improved_semhash", "saturating_sigmoid", "GAT
 #            depends on the input from the first step (the reference code re-initialises W1 with Kaiming
 #            for its CIFAR ResNets), and b2 = 1 keeps nearly every gate open on the dense init.
 GATE_INITS = ("input", "open")
+
+# logit of a static-core filter (ArchitectureControl.set_core) and of a frozen static gate
+CORE_MARGIN = 10.0
 
 
 def saturating_sigmoid(x: Tensor) -> Tensor:
@@ -101,6 +104,9 @@ class ArchitectureControl(nn.Module):
         # Training-mode decisions are the eval ones (no noise, all samples hard); set by the
         # training loop for the last epochs (TrainConfig.hard_gates_from).
         self.hard = False
+        # (N,) bool: the static core, filters that are on for every input (set_core), or None.
+        # Not saved in the state dict: a core gate's parameters encode it (see set_core).
+        self.core: Tensor | None = None
 
     def reset_open(self) -> None:
         self.reset_parameters("open")
@@ -119,7 +125,7 @@ class ArchitectureControl(nn.Module):
             raise ValueError(f"ArchitectureControl: unknown gate init {init!r}; one of {GATE_INITS}")
         nn.init.ones_(self.fc2.bias)
 
-    def freeze_static(self, keep: Tensor, margin: float = 10.0) -> None:
+    def freeze_static(self, keep: Tensor, margin: float = CORE_MARGIN) -> None:
         """Make the gate a constant mask: z = keep (N,) bool for every input, in training too.
 
         W1 = W2 = 0, b1 = 0, b2 = ±margin, parameters frozen (requires_grad False). With margin 10 the
@@ -136,6 +142,32 @@ class ArchitectureControl(nn.Module):
             self.fc2.bias.copy_(torch.where(keep, margin, -margin).to(self.fc2.bias))
         for p in self.parameters():
             p.requires_grad_(False)
+
+    def set_core(self, keep: Tensor | None, margin: float = CORE_MARGIN) -> None:
+        """Make the filters of ``keep`` (N,) bool a static core: on for every input, while the gate
+        keeps choosing among the others. Their rows of W2 are 0 and their b2 is ``margin``, so the
+        logit is ``margin`` whatever the input: SemHash's noise cannot close them (Φ(−10) ≈ 8e-24),
+        the saturating sigmoid is flat there (no gradient reaches the rows), and a compiled plan or
+        FLOP count needs nothing new. ``apply_core`` restores the rows after an optimiser step.
+        ``None`` removes the core (the parameters stay as they are)."""
+        if keep is None:
+            self.core = None
+            return
+        keep = torch.as_tensor(keep, dtype=torch.bool).reshape(-1)
+        if keep.shape != (self.out_channels,):
+            raise ValueError(f"ArchitectureControl.set_core: expected a mask of {self.out_channels} "
+                             f"channels, got shape {tuple(keep.shape)}")
+        self.core = keep.to(self.fc2.weight.device)
+        self._core_margin = float(margin)
+        self.apply_core()
+
+    def apply_core(self) -> None:
+        """Write the core rows (W2 = 0, b2 = margin) again; a no-op without a core."""
+        if self.core is None:
+            return
+        with torch.no_grad():
+            self.fc2.weight[self.core] = 0.0
+            self.fc2.bias[self.core] = self._core_margin
 
     def gate_logits(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
