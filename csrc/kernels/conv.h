@@ -55,11 +55,24 @@ struct ConvCall {
   int64_t out_wp = 0, res_wp = 0;  // row strides of the output and residual planes
 };
 
-// Pixels per output vector for a conv whose output rows are `out_w` wide: 16 on AVX-512 CPUs
+// What one ISA's conv kernels can do. Kernel selection (conv_caps, conv_vector_width,
+// conv_max_group, and the plan's choice of layout per conv) reads nothing else, and each ISA's
+// table fills it from its vector traits, so a tile height is declared once, beside the kernel.
+struct IsaCaps {
+  int widest = 8;               // pixels of the widest output vector (16: zmm)
+  bool stride2_direct = false;  // direct stride-2 convs (deinterleaving loads); else im2col
+  bool row_pairs = false;       // 16-lane vectors of two 8-pixel output rows (direct convs)
+  bool flat = false;            // 16-lane vectors across the rows of the padded plane (stride 1)
+  // register-tile heights (output channels per tile) of 8-pixel, 16-pixel and row-pair vectors
+  int group_8 = 3, group_16 = 0, group_pairs = 0;
+};
+// The capabilities of the kernels that run for `isa` (the portable ones where that ISA's are not
+// compiled in).
+const IsaCaps& conv_caps(Isa isa);
+// Pixels per output vector for a conv whose output rows are `out_w` wide: the widest vector
 // when rows are wider than 8 pixels, else 8.
 int conv_vector_width(Isa isa, int out_w);
-// Largest output-channel group a kernel tile takes: 3 with 16 vector registers (4 vectors per
-// tile), 6 (ymm, 4 vectors) or 8 (zmm, 3 vectors) with 32; 6 for zmm row pairs (4 vectors).
+// Largest output-channel group a kernel tile takes for vectors of vw pixels (or row pairs).
 int conv_max_group(Isa isa, int vw, bool pairs = false);
 // Split n computed channels into ceil(n / max_group) groups of near-equal size (so no lone
 // channel runs at a fraction of the FMA throughput); returns the number of groups.
@@ -113,6 +126,7 @@ struct KernelTable {
   double (*fma_peak)(int64_t);  // FLOPs executed by the peak probe
   bool (*pool_max_nonneg)(const PoolCall&);
   bool (*subsample2)(const float*, int64_t, float*, int64_t, int, int);
+  IsaCaps caps;
 };
 // nullptr where the ISA's kernels are not compiled in (non-x86 builds).
 const KernelTable* kernels_portable();

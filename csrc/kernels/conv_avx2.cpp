@@ -16,6 +16,7 @@ struct T8 {
   static constexpr int W = 8;
   static constexpr int kMaxM = 3;
   static constexpr int kNV = 4;  // output vectors per register tile
+  static constexpr int kRegs = 16;  // ymm0-15
   static constexpr bool kInputsFirst = false;
   static constexpr bool kHasDeinterleave = false;  // no direct stride-2 kernel: im2col instead
   static constexpr bool kEvenLanes = true;
@@ -98,7 +99,8 @@ struct T8 {
 const KernelTable* kernels_avx2() {
   using T = avx2::T8;
   static const KernelTable table{&avx2::run<T>,  &avx2::im2col<T>,          &avx2::plane_copy<T>, &avx2::gemv<T>,
-                                 &avx2::peak<T>, &avx2::pool_max_nonneg<T>, &avx2::subsample2<T>};
+                                 &avx2::peak<T>, &avx2::pool_max_nonneg<T>, &avx2::subsample2<T>,
+                                 IsaCaps{T::W, T::kHasDeinterleave, false, false, T::kMaxM, 0, 0}};
   return &table;
 }
 

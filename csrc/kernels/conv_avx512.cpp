@@ -15,6 +15,7 @@ struct T16 {
   static constexpr int W = 16;
   static constexpr int kMaxM = 8;
   static constexpr int kNV = 3;  // output vectors per register tile
+  static constexpr int kRegs = 32;  // vector registers (zmm0-31)
   static constexpr bool kHasDeinterleave = true;
   static constexpr bool kEvenLanes = true;
   // p[0], p[2], ..., p[30]: the stride-2 samples of 32 consecutive floats.
@@ -95,6 +96,7 @@ struct T8 {
   static constexpr int W = 8;
   static constexpr int kMaxM = 6;
   static constexpr int kNV = 4;  // output vectors per register tile
+  static constexpr int kRegs = 32;  // ymm0-31 (AVX-512VL)
   static constexpr bool kHasDeinterleave = true;
   static constexpr bool kEvenLanes = true;
   static V load_s2(const float* p) {
@@ -187,9 +189,12 @@ static double peak_avx512(int64_t iters) {
 }
 
 const KernelTable* kernels_avx512() {
+  using avx512::T16, avx512::T16P, avx512::T8;
   static const KernelTable table{&conv_avx512, &im2col_avx512, &plane_copy_avx512,
                                  &gemv_avx512, &peak_avx512,   &pool_max_avx512,
-                                 &subsample2_avx512};
+                                 &subsample2_avx512,
+                                 IsaCaps{T16::W, T16::kHasDeinterleave && T8::kHasDeinterleave, T16P::kPairs, true,
+                                         T8::kMaxM, T16::kMaxM, T16P::kMaxM}};
   return &table;
 }
 

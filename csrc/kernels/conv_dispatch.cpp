@@ -3,11 +3,23 @@
 
 namespace dyninfer {
 
-int conv_vector_width(Isa isa, int out_w) { return (isa == Isa::kAvx512 && out_w > 8) ? 16 : 8; }
+// The kernel table of an ISA; falls back to portable where that ISA is not compiled in.
+static const KernelTable& table(Isa isa) {
+  static const KernelTable* const avx512 = kernels_avx512();
+  static const KernelTable* const avx2 = kernels_avx2();
+  if (isa == Isa::kAvx512 && avx512) return *avx512;  // zmm for 16-pixel vectors, ymm x32 for 8
+  if (isa == Isa::kAvx2 && avx2) return *avx2;
+  return *kernels_portable();
+}
+
+const IsaCaps& conv_caps(Isa isa) { return table(isa).caps; }
+
+int conv_vector_width(Isa isa, int out_w) { return (conv_caps(isa).widest > 8 && out_w > 8) ? 16 : 8; }
 
 int conv_max_group(Isa isa, int vw, bool pairs) {
-  if (isa != Isa::kAvx512) return 3;
-  return vw == 16 && !pairs ? 8 : 6;
+  const IsaCaps& c = conv_caps(isa);
+  if (pairs) return c.group_pairs;
+  return vw == 16 ? c.group_16 : c.group_8;
 }
 
 int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size) {
@@ -21,15 +33,6 @@ int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size) {
     k += size[g];
   }
   return ng;
-}
-
-// The kernel table of an ISA; falls back to portable where that ISA is not compiled in.
-static const KernelTable& table(Isa isa) {
-  static const KernelTable* const avx512 = kernels_avx512();
-  static const KernelTable* const avx2 = kernels_avx2();
-  if (isa == Isa::kAvx512 && avx512) return *avx512;  // zmm for 16-pixel vectors, ymm x32 for 8
-  if (isa == Isa::kAvx2 && avx2) return *avx2;
-  return *kernels_portable();
 }
 
 void conv_run(Isa isa, const ConvCall& call) { table(isa).conv(call); }

@@ -141,12 +141,26 @@ static void tile_nv(const ConvCall& c, int k0, int v0, int nv, float* vsums) {
   }
 }
 
+// Vector registers a tile of T::kMaxM channels x T::kNV vectors holds at once: the accumulators,
+// plus the NV input vectors and one broadcast (inputs first), or the M broadcast weights and one
+// input vector. Checked against the ISA's register file at compile time (run below), so a tile
+// height cannot outgrow it and spill in the inner loop.
+template <class T>
+constexpr int tile_registers() {
+  return T::kMaxM * T::kNV + (T::kInputsFirst ? T::kNV + 1 : T::kMaxM + 1);
+}
+
 template <class T, int KH, int KW, bool S2, int M>
 static inline void tile_m(const ConvCall& c, int m, int k0, int v0, int nv, float* vsums) {
   if (m == M) {
     tile_nv<T, M, KH, KW, S2>(c, k0, v0, nv, vsums);
   } else if constexpr (M > 1) {
     tile_m<T, KH, KW, S2, M - 1>(c, m, k0, v0, nv, vsums);
+  } else {
+    // A group taller than T::kMaxM (or empty) has no tile: computing nothing would leave its
+    // channels' outputs stale. Groups come from conv_make_groups with conv_max_group, which reads
+    // T::kMaxM through the ISA's caps, so this is unreachable; stop loudly if it is not.
+    __builtin_trap();
   }
 }
 
@@ -175,6 +189,9 @@ static void run_shape(const ConvCall& c) {
 
 template <class T>
 static void run(const ConvCall& c) {
+  static_assert(tile_registers<T>() <= T::kRegs, "conv tile: kMaxM x kNV accumulators and their operands exceed "
+                                                 "the ISA's vector registers");
+  static_assert(T::kMaxM >= 1 && T::kNV >= 1, "conv tile: empty tile");
   if constexpr (T::kHasDeinterleave) {
     if (c.stride2) {
       if (c.kh == 3 && c.kw == 3) run_shape<T, 3, 3, true>(c);

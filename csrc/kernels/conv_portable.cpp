@@ -15,6 +15,7 @@ struct S8 {
   static constexpr int W = 8;
   static constexpr int kMaxM = 3;
   static constexpr int kNV = 4;  // output vectors per register tile
+  static constexpr int kRegs = 16;  // the AVX2 tile shape, for compilers that vectorise it
   static constexpr bool kInputsFirst = false;
   static constexpr bool kHasDeinterleave = false;
   static constexpr bool kEvenLanes = false;
@@ -81,7 +82,8 @@ const KernelTable* kernels_portable() {
   using T = portable::S8;
   static const KernelTable table{&portable::run<T>,  &portable::im2col<T>, &portable::plane_copy<T>,
                                  &portable::gemv<T>, &portable::peak<T>,   &portable::pool_max_nonneg<T>,
-                                 &portable::subsample2<T>};
+                                 &portable::subsample2<T>,
+                                 IsaCaps{T::W, T::kHasDeinterleave, false, false, T::kMaxM, 0, 0}};
   return &table;
 }
 

@@ -250,7 +250,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B && c.pw <= bi.B;
         // Stride-2 convs read the padded planes in place too where the kernels can load
         // stride-2 vectors (AVX-512: two loads + one permute), else through a column buffer.
-        c.stride2 = isa_ == Isa::kAvx512 && c.sh == 2 && c.sw == 2 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B &&
+        c.stride2 = conv_caps(isa_).stride2_direct && c.sh == 2 && c.sw == 2 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B &&
                     c.pw <= bi.B;
         if (c.stride2) c.direct = true;
         if (!c.direct && static_cast<int64_t>(c.I) * c.kh * c.kw * ho * (wo + 16) > kMaxBufferFloats)
@@ -427,7 +427,8 @@ void Plan::build_conv_vectors(ConvOp& c) {
   // output rows, its input two 8-float row segments joined by one insert (stride 2: the even
   // samples of two 16-float rows, one permute); every lane is a real pixel (flat mode over the
   // 10-wide padded rows of such planes uses 80% of them, 8-lane vectors half the FMA width).
-  if (isa_ == Isa::kAvx512 && c.direct && wo == 8) {
+  const IsaCaps& caps = conv_caps(isa_);
+  if (caps.row_pairs && c.direct && wo == 8) {
     c.pairs = true;
     c.vw = 16;
     c.col_rows = 0;
@@ -444,10 +445,10 @@ void Plan::build_conv_vectors(ConvOp& c) {
   // "flat" mode (AVX-512, stride-1 direct convs whose input, output and residual planes share the
   // padded width) runs 16-lane vectors over the padded plane across rows and wastes only the
   // 2·border columns — 80% instead of 50% for 8-pixel rows.
-  const int widest = isa_ == Isa::kAvx512 ? 16 : 8;
+  const int widest = caps.widest;
   const int nvx_row = (wo + vw - 1) / vw;
   const double row_util = static_cast<double>(wo) / (nvx_row * vw) * vw / widest;
-  const bool can_flat = isa_ == Isa::kAvx512 && c.direct && !c.stride2 && bo.Wp == bi.Wp && (!br || br->Wp == bi.Wp);
+  const bool can_flat = caps.flat && c.direct && !c.stride2 && bo.Wp == bi.Wp && (!br || br->Wp == bi.Wp);
   const int64_t flat_len = static_cast<int64_t>(ho - 1) * bi.Wp + wo;
   const int64_t n_flat = (flat_len + 15) / 16;
   const double flat_util = static_cast<double>(ho) * wo / (n_flat * 16.0);
