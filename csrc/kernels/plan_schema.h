@@ -1,4 +1,4 @@
-// The plan's wire layout, declared once. The C++ parser (plan.cpp) indexes fields through the enums
+// The plan's wire layout, declared once. The C++ parser (plan_build.cpp) indexes fields through the enums
 // generated here, and the Python planner encodes its typed ops through the same declaration, which
 // dyninfer._C.plan_schema() exposes: adding a field is one edit here plus its use on both sides.
 //

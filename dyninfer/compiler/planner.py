@@ -1,7 +1,7 @@
 """Graph -> plan: trace a (gated) model with torch.fx, fold BN, fuse epilogues, assign memory.
 
-The plan is what the C++ runtime (csrc/kernels/plan.cpp) executes: buffers (C, H, W, border,
-slot, non-negative) and ops. The builder's passes work on typed ops (:class:`PlanOp`: a kind name and
+The plan is what the C++ runtime executes (csrc/kernels/plan_build.cpp validates and lays it out,
+plan_exec.cpp runs it): buffers (C, H, W, border, slot, non-negative) and ops. The builder's passes work on typed ops (:class:`PlanOp`: a kind name and
 its fields by name); :func:`encode_ops` and :func:`encode_meta` lay them out once at the end through
 the wire schema the extension declares (csrc/kernels/plan_schema.h, ``dyninfer._C.plan_schema()``),
 so the layout is written in one place only.

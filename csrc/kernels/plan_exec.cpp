@@ -1,0 +1,610 @@
+// Plan execution: the workspace pool and the interpreter that runs a built plan sample by sample
+// (gates, then only the kept channels of each conv). Construction lives in plan_build.cpp.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+#include "conv.h"
+#include "plan.h"
+#include "plan_internal.h"
+
+namespace dyninfer {
+
+using namespace plan_detail;
+
+void Plan::set_profiling(bool on) const {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  profiling_ = on;
+  std::fill(op_ns_.begin(), op_ns_.end(), 0.0);
+}
+
+std::vector<double> Plan::op_times_ns() const {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  return op_ns_;
+}
+
+std::unique_ptr<Workspace> Plan::acquire() const {
+  {
+    std::lock_guard<std::mutex> lk(pool_mu_);
+    if (!pool_.empty()) {
+      auto ws = std::move(pool_.back());
+      pool_.pop_back();
+      return ws;
+    }
+  }
+  auto ws = std::make_unique<Workspace>();
+  // Slots (and the column buffer) start at staggered offsets modulo 4 KiB: large allocations are
+  // page aligned, and a conv reading one slot while writing another at the same page offset pays
+  // 4K-aliasing stalls on its loads (measured ~2x on im2col).
+  std::vector<float*> slot_ptr;
+  for (size_t k = 0; k < slot_floats_.size(); ++k) {
+    const int64_t shift = static_cast<int64_t>((k * 5 + 1) % 16) * 64;  // floats: 256-byte steps
+    ws->slots.push_back(alloc_zeroed(slot_floats_[k] + shift));
+    slot_ptr.push_back(ws->slots.back().get() + shift);
+  }
+  for (const Buffer& b : buffers_) {
+    ws->buf_data.push_back(slot_ptr[b.slot]);
+    ws->active.emplace_back();
+    ws->active.back().reserve(b.C);
+    ws->sums.emplace_back(b.C, 0.f);
+  }
+  ws->sums_valid.assign(buffers_.size(), 0);
+  for (int n : gate_sizes_) {
+    ws->kept.emplace_back();
+    ws->kept.back().reserve(n);
+  }
+  ws->col_raw = alloc_zeroed((col_floats_ > 0 ? col_floats_ : 16) + 512);
+  ws->col = ws->col_raw.get() + 8 * 64 + 32;
+  const int mc = max_channels_ + 8;
+  ws->vsums_raw = alloc_zeroed(static_cast<int64_t>(mc) * 16);
+  ws->vsums = ws->vsums_raw.get();
+  ws->out_real.resize(mc);
+  ws->group_start.resize(mc);
+  ws->group_size.resize(mc);
+  ws->tmp.resize(mc);
+  ws->tmp2.resize(mc);
+  ws->out_plane.resize(mc);
+  ws->res_plane.resize(mc);
+  ws->gvec.resize(mc);
+  ws->hidden.resize(std::max(mc, max_hidden_ + 8));
+  ws->glog.resize(mc);
+  return ws;
+}
+
+void Plan::release(std::unique_ptr<Workspace> ws) const {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  pool_.push_back(std::move(ws));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Execution
+
+struct Executor {
+  const Plan& P;
+  Workspace& ws;
+  const ParallelFor* pfor;  // non-null: split conv channel groups across threads (batch 1)
+  bool open;
+
+  float* plane(int b, int pos) const { return ws.buf_data[b] + pos * P.buffers_[b].plane; }
+  float* interior(int b, int pos) const {
+    const Buffer& B = P.buffers_[b];
+    return plane(b, pos) + static_cast<int64_t>(B.B) * B.Wp + B.B;
+  }
+
+  void channel_sums(int b) {
+    if (ws.sums_valid[b]) return;
+    const Buffer& B = P.buffers_[b];
+    auto& s = ws.sums[b];
+    std::fill(s.begin(), s.end(), 0.f);
+    const auto& act = ws.active[b];
+    for (size_t i = 0; i < act.size(); ++i) {
+      const float* p = interior(b, static_cast<int>(i));
+      double acc = 0;
+      for (int y = 0; y < B.H; ++y)
+        for (int x = 0; x < B.W; ++x) acc += p[y * B.Wp + x];
+      s[act[i]] = static_cast<float>(acc);
+    }
+    ws.sums_valid[b] = 1;
+  }
+
+  void set_input(const float* x) {
+    const int b = P.input_;
+    const Buffer& B = P.buffers_[b];
+    auto& act = ws.active[b];
+    act.resize(B.C);
+    for (int c = 0; c < B.C; ++c) {
+      act[c] = c;
+      float* dst = interior(b, c);
+      const float* src = x + static_cast<int64_t>(c) * B.H * B.W;
+      for (int y = 0; y < B.H; ++y) std::memcpy(dst + y * B.Wp, src + y * B.W, sizeof(float) * B.W);
+    }
+  }
+
+  void gate(const GateOp& g, float* path) {
+    auto& kept = ws.kept[g.gate];
+    kept.clear();
+    if (open) {
+      for (int n = 0; n < g.N; ++n) kept.push_back(n);
+    } else {
+      channel_sums(g.in);
+      const Buffer& B = P.buffers_[g.in];
+      const float inv = 1.0f / static_cast<float>(B.H * B.W);
+      const auto& act = ws.active[g.in];
+      const auto& s = ws.sums[g.in];
+      // s = GAP of the gate input; channels the producer dropped are zero and skipped.
+      float* sv = ws.gvec.data();
+      for (int c : act) sv[c] = s[c] * inv;
+      float* h = ws.hidden.data();
+      gemv(P.isa_, g.w1, sv, act.data(), static_cast<int>(act.size()), g.b1, h, g.hidden, true);
+      float* lg = ws.glog.data();
+      gemv(P.isa_, g.w2, h, nullptr, g.hidden, g.b2, lg, g.N, false);
+      if (g.force_k >= 0) {
+        auto& idx = ws.tmp;
+        for (int n = 0; n < g.N; ++n) idx[n] = n;
+        std::partial_sort(idx.begin(), idx.begin() + g.force_k, idx.begin() + g.N, [&](int a, int b) {
+          return lg[a] > lg[b] || (lg[a] == lg[b] && a < b);
+        });
+        kept.assign(idx.begin(), idx.begin() + g.force_k);
+        std::sort(kept.begin(), kept.end());
+      } else {
+        for (int n = 0; n < g.N; ++n)
+          if (lg[n] > 0.f) kept.push_back(n);
+      }
+    }
+    if (path) {
+      float* z = path + P.gate_path_off_[g.gate];
+      std::fill(z, z + g.N, 0.f);
+      for (int n : kept) z[n] = 1.f;
+    }
+  }
+
+  void conv(int ci) {
+    const ConvOp& c = P.convs_[ci];
+    const Buffer &bi = P.buffers_[c.in], &bo = P.buffers_[c.out];
+    const auto& in_act = ws.active[c.in];
+    const int n_in = static_cast<int>(in_act.size());
+    // Kept output channels (sorted) and the output's active list (∪ residual's).
+    const std::vector<int32_t>* keptp = nullptr;
+    std::vector<int32_t>& all = ws.tmp;
+    if (c.gate >= 0 && !open) {
+      keptp = &ws.kept[c.gate];
+    } else {
+      all.resize(c.O);
+      std::iota(all.begin(), all.end(), 0);
+      keptp = &all;
+    }
+    const auto& kept = *keptp;
+    auto& out_act = ws.active[c.out];
+    out_act.clear();
+    auto& sums = ws.sums[c.out];
+    std::fill(sums.begin(), sums.end(), 0.f);
+    int nk = 0;
+    const std::vector<int32_t>* res_act = c.res >= 0 ? &ws.active[c.res] : nullptr;
+    const size_t nr = res_act ? res_act->size() : 0;
+    if (c.inplace) {
+      // The output lives in the residual's memory. Residual planes move (back to front) to their
+      // positions in the merged list; kept channels not in the residual get the freed positions.
+      auto& pos = ws.tmp2;
+      pos.resize(nr);
+      size_t i = 0, j = 0;
+      while (i < kept.size() || j < nr) {
+        const int a = i < kept.size() ? kept[i] : INT32_MAX;
+        const int r = j < nr ? (*res_act)[j] : INT32_MAX;
+        if (r <= a) pos[j++] = static_cast<int32_t>(out_act.size());
+        if (a <= r) ++i;
+        out_act.push_back(std::min(a, r));
+      }
+      const int64_t plane_floats = bo.plane;
+      for (size_t q = nr; q-- > 0;)
+        if (pos[q] != static_cast<int32_t>(q))
+          std::memcpy(plane(c.out, pos[q]), plane(c.out, static_cast<int>(q)), sizeof(float) * plane_floats);
+      const auto& rsums = ws.sums[c.res];
+      const bool rsums_ok = ws.sums_valid[c.res];
+      const bool rnonneg = P.buffers_[c.res].nonneg;
+      i = 0;
+      j = 0;
+      while (i < kept.size() || j < nr) {
+        const int a = i < kept.size() ? kept[i] : INT32_MAX;
+        const int r = j < nr ? (*res_act)[j] : INT32_MAX;
+        if (a <= r) {
+          ws.out_real[nk] = a;
+          ++nk;
+          ++i;
+          if (a == r) ++j;
+        } else {
+          float* d = interior(c.out, pos[j]);
+          if (c.relu && !rnonneg) {
+            sums[r] = plane_copy(P.isa_, d, bo.Wp, d, bo.Wp, bo.H, bo.W, true);
+          } else if (rsums_ok) {
+            sums[r] = rsums[r];
+          } else {
+            sums[r] = plane_copy(P.isa_, d, bo.Wp, d, bo.Wp, bo.H, bo.W, false);
+          }
+          ++j;
+        }
+      }
+      // Planes of the computed channels: walk the merged list once more.
+      {
+        size_t k = 0, jj = 0;
+        for (size_t p = 0; p < out_act.size(); ++p) {
+          const int ch = out_act[p];
+          const bool in_res = jj < nr && (*res_act)[jj] == ch;
+          const bool computed = k < static_cast<size_t>(nk) && ws.out_real[k] == ch;
+          if (computed) {
+            ws.out_plane[k] = plane(c.out, static_cast<int>(p));
+            ws.res_plane[k] = in_res ? plane(c.out, static_cast<int>(p)) : nullptr;
+            ++k;
+          }
+          if (in_res) ++jj;
+        }
+      }
+    } else {
+      size_t i = 0, j = 0;
+      while (i < kept.size() || j < nr) {
+        const int a = i < kept.size() ? kept[i] : INT32_MAX;
+        const int r = j < nr ? (*res_act)[j] : INT32_MAX;
+        const int pos = static_cast<int>(out_act.size());
+        if (a <= r) {
+          out_act.push_back(a);
+          ws.out_real[nk] = a;
+          ws.out_plane[nk] = plane(c.out, pos);
+          ws.res_plane[nk] = (a == r) ? plane(c.res, static_cast<int>(j)) : nullptr;
+          ++nk;
+          ++i;
+          if (a == r) ++j;
+        } else {
+          // Channel only in the residual: out = relu?(res).
+          out_act.push_back(r);
+          const Buffer& br = P.buffers_[c.res];
+          sums[r] = plane_copy(P.isa_, interior(c.res, static_cast<int>(j)), br.Wp, interior(c.out, pos), bo.Wp,
+                               bo.H, bo.W, c.relu);
+          ++j;
+        }
+      }
+    }
+    ws.sums_valid[c.out] = 1;
+    if (nk == 0) return;
+    // Channel groups of near-equal size up to the kernel's register-tile height.
+    const int ng =
+        conv_make_groups(nk, conv_max_group(P.isa_, c.vw, c.pairs), ws.group_start.data(), ws.group_size.data());
+    ConvCall call;
+    call.n_in = n_in;
+    call.in_real = in_act.data();
+    call.w = c.w;
+    call.w_ostride = static_cast<int64_t>(c.I) * c.kh * c.kw;
+    call.n_vec = static_cast<int>(c.out_off.size());
+    call.in_off = c.in_off.data();
+    call.out_off = c.out_off.data();
+    call.res_off = c.res >= 0 ? c.res_off.data() : nullptr;
+    call.lanes = c.lanes.data();
+    call.out_real = ws.out_real.data();
+    call.out_plane = ws.out_plane.data();
+    call.res_plane = c.res >= 0 ? ws.res_plane.data() : nullptr;
+    call.bias = c.bias;
+    call.relu = c.relu;
+    call.sums = sums.data();
+    call.vsums = ws.vsums;
+    call.group_start = ws.group_start.data();
+    call.group_size = ws.group_size.data();
+    call.vw = c.vw;
+    call.stride2 = c.stride2;
+    call.use_asm = P.asm_;
+    call.pairs = c.pairs;
+    call.out_wp = bo.Wp;
+    call.res_wp = c.res >= 0 ? P.buffers_[c.res].Wp : 0;
+    if (c.direct) {
+      call.in = ws.buf_data[c.in];
+      call.cstride = bi.plane;
+      call.kh = c.kh;
+      call.kw = c.kw;
+      call.rs = bi.Wp;
+    } else {
+      im2col(c, n_in);
+      const int64_t tap = static_cast<int64_t>(bo.H) * c.col_rows;
+      call.in = ws.col;
+      call.cstride = tap * c.kh * c.kw;
+      call.kh = c.kh * c.kw;
+      call.kw = 1;
+      call.rs = tap;
+    }
+    // Split channel groups across threads only when the conv is big enough to repay the fork/join
+    // (about 1 µs): splitting every conv made the gated ResNet-56 at batch 1 slower on 2 threads
+    // than on 1.
+    const int64_t work = static_cast<int64_t>(nk) * n_in * c.kh * c.kw * bo.H * bo.W;
+    if (pfor && ng > 1 && work >= kParallelMinMacs) {
+      (*pfor)(0, ng, 1, [&](int64_t g0, int64_t g1) {
+        ConvCall part = call;
+        part.g_begin = static_cast<int>(g0);
+        part.g_end = static_cast<int>(g1);
+        conv_run(P.isa_, part);
+      });
+    } else {
+      call.g_begin = 0;
+      call.g_end = ng;
+      conv_run(P.isa_, call);
+    }
+  }
+
+  void im2col(const ConvOp& c, int n_in) {
+    // col[c][ky][kx][y][x'] (rows padded to col_rows) from the padded input planes.
+    const Buffer &bi = P.buffers_[c.in], &bo = P.buffers_[c.out];
+    Im2colCall a;
+    a.in = ws.buf_data[c.in];
+    a.plane = bi.plane;
+    a.border = bi.B;
+    a.hi = bi.H;
+    a.wi = bi.W;
+    a.wp = bi.Wp;
+    a.n_in = n_in;
+    a.kh = c.kh;
+    a.kw = c.kw;
+    a.sh = c.sh;
+    a.sw = c.sw;
+    a.ph = c.ph;
+    a.pw = c.pw;
+    a.dh = c.dh;
+    a.dw = c.dw;
+    a.ho = bo.H;
+    a.wo = bo.W;
+    a.col_rows = c.col_rows;
+    a.col = ws.col;
+    conv_im2col(P.isa_, a);
+  }
+
+  void pool(const PoolOp& p) {
+    const Buffer &bi = P.buffers_[p.in], &bo = P.buffers_[p.out];
+    ws.active[p.out] = ws.active[p.in];
+    ws.sums_valid[p.out] = 0;
+    const int n = static_cast<int>(ws.active[p.in].size());
+    // Max pooling of values >= 0 (ReLU outputs) whose windows stay inside the zero border:
+    // vector kernels, exact (a padded 0 never exceeds the window's max).
+    if (p.max && bi.nonneg && p.ph <= bi.B && p.pw <= bi.B && (bo.H - 1) * p.sh - p.ph + p.kh <= bi.H + bi.B &&
+        (bo.W - 1) * p.sw - p.pw + p.kw <= bi.W + bi.B) {
+      PoolCall pc;
+      pc.in = interior(p.in, 0);
+      pc.in_cstride = bi.plane;
+      pc.in_wp = bi.Wp;
+      pc.out = interior(p.out, 0);
+      pc.out_cstride = bo.plane;
+      pc.out_wp = bo.Wp;
+      pc.n = n;
+      pc.kh = p.kh;
+      pc.kw = p.kw;
+      pc.sh = p.sh;
+      pc.sw = p.sw;
+      pc.ph = p.ph;
+      pc.pw = p.pw;
+      pc.ho = bo.H;
+      pc.wo = bo.W;
+      if (pool_max_nonneg(P.isa_, pc)) return;
+    }
+    for (int ci = 0; ci < n; ++ci) {
+      const float* src = interior(p.in, ci);
+      float* dst = interior(p.out, ci);
+      for (int y = 0; y < bo.H; ++y)
+        for (int x = 0; x < bo.W; ++x) {
+          const int y0 = y * p.sh - p.ph, x0 = x * p.sw - p.pw;
+          const int ya = std::max(y0, 0), yb = std::min(y0 + p.kh, bi.H);
+          const int xa = std::max(x0, 0), xb = std::min(x0 + p.kw, bi.W);
+          float r;
+          if (p.max) {
+            r = -INFINITY;
+            for (int yy = ya; yy < yb; ++yy)
+              for (int xx = xa; xx < xb; ++xx) {
+                const float v = src[yy * bi.Wp + xx];
+                r = (v > r || std::isnan(v)) ? v : r;
+              }
+          } else {
+            float s = 0.f;
+            for (int yy = ya; yy < yb; ++yy)
+              for (int xx = xa; xx < xb; ++xx) s += src[yy * bi.Wp + xx];
+            int div;
+            if (p.divisor > 0) div = p.divisor;
+            else if (p.count_include_pad)
+              div = (std::min(y0 + p.kh, bi.H + p.ph) - y0) * (std::min(x0 + p.kw, bi.W + p.pw) - x0);
+            else div = (yb - ya) * (xb - xa);
+            r = s / static_cast<float>(div);
+          }
+          dst[y * bo.Wp + x] = r;
+        }
+    }
+  }
+
+  void linear(const LinearOp& l) {
+    const Buffer &bi = P.buffers_[l.in], &bo = P.buffers_[l.out];
+    const auto& act = ws.active[l.in];
+    const int hw = bi.H * bi.W;
+    auto& out_act = ws.active[l.out];
+    out_act.resize(bo.C);
+    ws.sums_valid[l.out] = 0;
+    for (int o = 0; o < l.out_features; ++o) {
+      float a = 0.f;
+      const float* w = l.w + static_cast<int64_t>(o) * l.in_features;
+      for (size_t i = 0; i < act.size(); ++i) {
+        const float* src = interior(l.in, static_cast<int>(i));
+        const float* wc = w + static_cast<int64_t>(act[i]) * hw;
+        for (int y = 0; y < bi.H; ++y)
+          for (int x = 0; x < bi.W; ++x) a += wc[y * bi.W + x] * src[y * bi.Wp + x];
+      }
+      if (l.b) a += l.b[o];
+      if (l.relu) a = a > 0.f ? a : 0.f;
+      out_act[o] = o;
+      *interior(l.out, o) = a;
+    }
+  }
+
+  void concat(const ConcatOp& c) {
+    const Buffer& bo = P.buffers_[c.out];
+    auto& out_act = ws.active[c.out];
+    out_act.clear();
+    bool sums_ok = true;
+    for (size_t k = 0; k < c.ins.size(); ++k) {
+      const int b = c.ins[k];
+      const Buffer& bi = P.buffers_[b];
+      const auto& act = ws.active[b];
+      sums_ok = sums_ok && ws.sums_valid[b];
+      for (size_t i = 0; i < act.size(); ++i) {
+        const int pos = static_cast<int>(out_act.size());
+        out_act.push_back(act[i] + c.offsets[k]);
+        const float* s = interior(b, static_cast<int>(i));
+        float* d = interior(c.out, pos);
+        for (int y = 0; y < bo.H; ++y) std::memcpy(d + y * bo.Wp, s + y * bi.Wp, sizeof(float) * bo.W);
+      }
+    }
+    if (sums_ok) {
+      auto& s = ws.sums[c.out];
+      for (size_t k = 0; k < c.ins.size(); ++k) {
+        const auto& si = ws.sums[c.ins[k]];
+        std::copy(si.begin(), si.end(), s.begin() + c.offsets[k]);
+      }
+    }
+    ws.sums_valid[c.out] = sums_ok;
+  }
+
+  void add(const AddOp& a) {
+    const Buffer& bo = P.buffers_[a.out];
+    const auto &aa = ws.active[a.a], &ab = ws.active[a.b];
+    auto& out_act = ws.active[a.out];
+    out_act.clear();
+    size_t i = 0, j = 0;
+    while (i < aa.size() || j < ab.size()) {
+      const int x = i < aa.size() ? aa[i] : INT32_MAX;
+      const int y = j < ab.size() ? ab[j] : INT32_MAX;
+      const int pos = static_cast<int>(out_act.size());
+      const float* pa = x <= y ? interior(a.a, static_cast<int>(i)) : nullptr;
+      const float* pb = y <= x ? interior(a.b, static_cast<int>(j)) : nullptr;
+      const int wa = P.buffers_[a.a].Wp, wb = P.buffers_[a.b].Wp;
+      float* d = interior(a.out, pos);
+      for (int yy = 0; yy < bo.H; ++yy)
+        for (int xx = 0; xx < bo.W; ++xx) {
+          float v = (pa ? pa[yy * wa + xx] : 0.f) + (pb ? pb[yy * wb + xx] : 0.f);
+          if (a.relu) v = v > 0.f ? v : 0.f;
+          d[yy * bo.Wp + xx] = v;
+        }
+      out_act.push_back(std::min(x, y));
+      if (x <= y) ++i;
+      if (y <= x) ++j;
+    }
+    ws.sums_valid[a.out] = 0;
+  }
+
+  void affine(const AffineOp& a) {
+    const Buffer &bi = P.buffers_[a.in], &bo = P.buffers_[a.out];
+    const auto& act = ws.active[a.in];
+    auto& out_act = ws.active[a.out];
+    out_act.clear();
+    size_t i = 0;
+    for (int c = 0; c < bo.C; ++c) {
+      const bool live = i < act.size() && act[i] == c;
+      float* d = interior(a.out, static_cast<int>(out_act.size()));
+      if (!live) {
+        float v = a.shift[c];
+        if (a.relu) v = v > 0.f ? v : 0.f;
+        if (v == 0.f) continue;  // stays inactive (exactly zero)
+        for (int y = 0; y < bo.H; ++y)
+          for (int x = 0; x < bo.W; ++x) d[y * bo.Wp + x] = v;
+      } else {
+        const float* s = interior(a.in, static_cast<int>(i));
+        for (int y = 0; y < bo.H; ++y)
+          for (int x = 0; x < bo.W; ++x) {
+            float v = s[y * bi.Wp + x] * a.scale[c] + a.shift[c];
+            if (a.relu) v = v > 0.f ? v : 0.f;
+            d[y * bo.Wp + x] = v;
+          }
+        ++i;
+      }
+      out_act.push_back(c);
+    }
+    ws.sums_valid[a.out] = 0;
+  }
+
+  void shortcut(const ShortcutOp& s) {
+    const Buffer &bi = P.buffers_[s.in], &bo = P.buffers_[s.out];
+    const auto& act = ws.active[s.in];
+    auto& out_act = ws.active[s.out];
+    out_act.resize(act.size());
+    for (size_t i = 0; i < act.size(); ++i) {
+      out_act[i] = act[i] + s.pad;
+      const float* src = interior(s.in, static_cast<int>(i));
+      float* d = interior(s.out, static_cast<int>(i));
+      if (s.stride == 2 && subsample2(P.isa_, src, bi.Wp, d, bo.Wp, bo.H, bo.W)) continue;
+      for (int y = 0; y < bo.H; ++y)
+        for (int x = 0; x < bo.W; ++x) d[y * bo.Wp + x] = src[(y * s.stride) * bi.Wp + x * s.stride];
+    }
+    ws.sums_valid[s.out] = 0;
+  }
+
+  void output(float* out) {
+    const int b = P.output_;
+    const Buffer& B = P.buffers_[b];
+    const int64_t hw = static_cast<int64_t>(B.H) * B.W;
+    std::fill(out, out + B.C * hw, 0.f);
+    const auto& act = ws.active[b];
+    for (size_t i = 0; i < act.size(); ++i) {
+      const float* s = interior(b, static_cast<int>(i));
+      float* d = out + act[i] * hw;
+      for (int y = 0; y < B.H; ++y) std::memcpy(d + y * B.W, s + y * B.Wp, sizeof(float) * B.W);
+    }
+  }
+
+  void dispatch(const Op& op, float* path) {
+    switch (op.kind) {
+      case kConv: conv(op.index); break;
+      case kGate: gate(P.gates_[op.index], path); break;
+      case kMaxPool:
+      case kAvgPool: pool(P.pools_[op.index]); break;
+      case kLinear: linear(P.linears_[op.index]); break;
+      case kConcat: concat(P.concats_[op.index]); break;
+      case kAdd: add(P.adds_[op.index]); break;
+      case kAffine: affine(P.affines_[op.index]); break;
+      case kShortcut: shortcut(P.shortcuts_[op.index]); break;
+    }
+  }
+
+  void run_sample(const float* x, float* out, float* path) {
+    std::fill(ws.sums_valid.begin(), ws.sums_valid.end(), 0);
+    const bool prof = P.profiling_;
+    auto t_prev = prof ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+    set_input(x);
+    for (size_t i = 0; i < P.ops_.size(); ++i) {
+      dispatch(P.ops_[i], path);
+      if (prof) {
+        const auto t = std::chrono::steady_clock::now();
+        std::lock_guard<std::mutex> lk(P.pool_mu_);
+        P.op_ns_[i] += std::chrono::duration<double, std::nano>(t - t_prev).count();
+        t_prev = t;
+      }
+    }
+    output(out);
+  }
+};
+
+void Plan::run(const float* x, int64_t batch, float* logits, float* path, bool open_gates,
+               const ParallelFor& pfor) const {
+  const int64_t in_n = input_numel(), out_n = output_numel();
+  auto one = [&](Workspace& ws, int64_t b, const ParallelFor* inner) {
+    Executor ex{*this, ws, inner, open_gates};
+    ex.run_sample(x + b * in_n, logits + b * out_n, path ? path + b * path_len_ : nullptr);
+  };
+  if (batch == 1 || !pfor) {
+    auto ws = acquire();
+    try {
+      for (int64_t b = 0; b < batch; ++b) one(*ws, b, pfor ? &pfor : nullptr);
+    } catch (...) {
+      release(std::move(ws));
+      throw;
+    }
+    release(std::move(ws));
+    return;
+  }
+  pfor(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    auto ws = acquire();
+    for (int64_t b = b0; b < b1; ++b) one(*ws, b, nullptr);
+    release(std::move(ws));
+  });
+}
+
+}  // namespace dyninfer

@@ -1,0 +1,61 @@
+// Internals shared by the plan's two halves: plan_build.cpp (parse, validate, lay out) and
+// plan_exec.cpp (workspaces and the interpreter). Not part of the plan's interface.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "plan.h"
+
+namespace dyninfer {
+namespace plan_detail {
+
+constexpr int64_t kSlack = 128;  // floats after each slot: tail vectors may read a little past the last plane
+constexpr int64_t kParallelMinMacs = 1 << 20;  // ~10 µs of one core: below it a conv runs on one thread
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+using FloatArray = std::unique_ptr<float[], AlignedFree>;
+
+inline FloatArray alloc_zeroed(int64_t n) {
+  const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(n, 16) * 4, 64));
+  void* p = std::aligned_alloc(64, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  return FloatArray(static_cast<float*>(p));
+}
+
+// Bounds of plan fields: every size, index and geometry value is checked against them before it
+// is narrowed to int, so no product below overflows and no allocation is absurd.
+constexpr int64_t kMaxDim = 1 << 16;         // channels, height, width, hidden units, features
+constexpr int64_t kMaxKernel = 64;           // kernel, stride, padding, dilation
+constexpr int64_t kMaxBufferFloats = int64_t{1} << 28;  // 1 GiB per activation buffer
+
+}  // namespace plan_detail
+
+struct Workspace {
+  std::vector<plan_detail::FloatArray> slots;
+  std::vector<float*> buf_data;  // per buffer: its slot's base
+  std::vector<std::vector<int32_t>> active;
+  std::vector<std::vector<float>> sums;
+  std::vector<char> sums_valid;
+  std::vector<std::vector<int32_t>> kept;
+  plan_detail::FloatArray col_raw;
+  plan_detail::FloatArray vsums_raw;
+  float* vsums = nullptr;
+  float* col = nullptr;
+  std::vector<int32_t> out_real, group_start, group_size, tmp, tmp2;
+  std::vector<float*> out_plane;
+  std::vector<const float*> res_plane;
+  std::vector<float> gvec, hidden, glog;
+};
+
+}  // namespace dyninfer
