@@ -21,7 +21,7 @@ Python code. Its extra file ``extra/dyninfer.json`` records
   ``dyninfer_version``, ``torch_version``, ``isa_at_save`` (informational)
 
 Why a TorchScript archive rather than safetensors + a JSON: the same file then loads in C++ with
-``torch::jit::load`` (examples/cpp) and can be a submodule of a user's scripted module, with no
+``torch::jit::load`` (examples/torchscript_cpp) and can be a submodule of a user's scripted module, with no
 second loader to keep in step. The module's attributes (``open_gates``, ``input_shape``, ...) carry
 what a C++ caller needs; ``forward(x)`` returns logits, ``run(x, return_path)`` (logits, path).
 
@@ -111,7 +111,7 @@ class EngineModule(nn.Module):
 def plan_digest(meta: Sequence[int], ops: Sequence[int], weights: Sequence[Tensor], conv_names: Sequence[str],
                 fields: dict[str, Any]) -> str:
     """sha256 of the plan state and the metadata fields, computed by the extension
-    (csrc/kernels/digest.h, which examples/cpp links too: one implementation of the byte layout)."""
+    (csrc/kernels/digest.h, which examples/torchscript_cpp links too: one implementation of the byte layout)."""
     load_extension()
     from ._C import plan_digest as _digest
 
@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"))
     p.add_argument("--format", choices=["runtime", "torchscript"], default="runtime",
                    help="runtime (default): the torch-free artefact (dyninfer.runtime, libdyninfer_rt, the service examples); "
-                        "torchscript: the TorchScript archive (examples/cpp, embedding in scripted modules)")
+                        "torchscript: the TorchScript archive (examples/torchscript_cpp, embedding in scripted modules)")
     args = p.parse_args(argv)
     try:
         engine = compile_model(load_model(args.checkpoint), gates=args.gates, input_shape=args.input_shape)

@@ -1,7 +1,7 @@
-"""The artefact in C++: examples/cpp builds with CMake against the libtorch of the installed torch
+"""The artefact in C++: examples/torchscript_cpp builds with CMake against the libtorch of the installed torch
 wheel plus libdyninfer (csrc/ops.cpp + csrc/kernels, no Python), loads what engine.save wrote,
 verifies it, and gives Python's logits and paths. Built once per session (about 1.5 minutes on 2
-cores from scratch; incremental afterwards in build/examples_cpp)."""
+cores from scratch; incremental afterwards in build/examples_torchscript_cpp)."""
 import os
 import shutil
 import subprocess
@@ -16,7 +16,7 @@ import dyninfer
 from _models import randomize
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD = ROOT / "build" / "examples_cpp"
+BUILD = ROOT / "build" / "examples_torchscript_cpp"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -27,7 +27,7 @@ def runner() -> Path:
         pytest.skip(f"no {' and no '.join(missing)} on PATH: the C++ example cannot be built")
     prefix = torch.utils.cmake_prefix_path
     env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
-    for cmd in (["cmake", "-S", str(ROOT / "examples" / "cpp"), "-B", str(BUILD), f"-DCMAKE_PREFIX_PATH={prefix}"],
+    for cmd in (["cmake", "-S", str(ROOT / "examples" / "torchscript_cpp"), "-B", str(BUILD), f"-DCMAKE_PREFIX_PATH={prefix}"],
                 ["cmake", "--build", str(BUILD), "-j", "2"]):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -150,6 +150,31 @@ def test_c_api_without_libtorch(tmp_path, c_runner):
     assert out.returncode == 2 and "bad.dyninfer" in out.stderr and "truncated" in out.stderr
 
 
+def test_cpp_example_without_libtorch(tmp_path, c_runner):
+    """examples/cpp (C++ through dyninfer_rt.hpp): bit-identical logits and paths, predictions printed;
+    a bad artefact, input or batch exits 2 with a one-line message."""
+    exe = c_runner.parent / "dyninfer_run_cpp"
+    libs = subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
+    assert "libtorch" not in libs and "libc10" not in libs
+    engine, path, x = _saved(tmp_path, "resnet56")
+    ref, ref_path = engine(x, return_path=True)
+    x.numpy().tofile(tmp_path / "x.f32")
+    out = subprocess.run([str(exe), str(path), str(tmp_path / "x.f32"), "5", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert np.array_equal(np.fromfile(tmp_path / "o.logits.f32", np.float32).reshape(5, -1), ref.numpy())
+    assert np.array_equal(np.fromfile(tmp_path / "o.path.f32", np.float32).reshape(5, -1), ref_path.numpy())
+    assert [int(p) for p in out.stdout.split("predictions:")[1].split()] == ref.argmax(1).tolist()
+    bad = tmp_path / "bad.dyninfer"
+    bad.write_bytes(path.read_bytes()[:1000])
+    np.zeros(100, dtype="<f4").tofile(tmp_path / "short.f32")
+    for args, message in [([bad], "truncated"), ([tmp_path / "missing.dyninfer"], "missing.dyninfer"),
+                          ([path, tmp_path / "short.f32", "1", tmp_path / "o2"], "has 400 bytes, expected"),
+                          ([path, tmp_path / "x.f32", "five", tmp_path / "o2"], "BATCH must be a positive integer")]:
+        out = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+
+
 def test_mutated_artefacts_never_crash(tmp_path):
     """1,000 seeded mutations (byte flips, truncations, plan ints at edge values, header digits and
     bytes), loaded with verify=False and run in a subprocess: each is rejected or runs; none crashes."""
