@@ -27,7 +27,8 @@ std::tuple<at::Tensor, at::Tensor> run(const py::object& plan, const at::Tensor&
   return p->run(x, return_path, open_gates);
 }
 
-// plan_schema.h as Python data: {"buffer": [...], "plan": [...], "ops": {name: {"kind", "fields", "variadic"}}}.
+// plan_schema.h as Python data: {"buffer": [...], "plan": [...], "ops": {name: {"kind", "fields", "variadic"}},
+// "version": DYNINFER_PLAN_VERSION}.
 py::dict plan_schema() {
   py::dict out, ops;
 #define DYNINFER_NAME(name) names.append(#name);
@@ -55,6 +56,7 @@ py::dict plan_schema() {
 #undef DYNINFER_OP
 #undef DYNINFER_NAME
   out["ops"] = ops;
+  out["version"] = DYNINFER_PLAN_VERSION;
   return out;
 }
 

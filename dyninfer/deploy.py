@@ -146,7 +146,8 @@ def _metadata(engine, module: torch.jit.ScriptModule) -> dict[str, Any]:
               "gate_sizes": list(engine.gate_sizes), "conv_names": list(engine.conv_names)}
     meta, ops, weights, names = module.plan_state()
     from . import __version__
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, **fields,
+    from ._C import plan_schema
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "plan_version": plan_schema()["version"], **fields,
             "sha256": plan_digest(meta, ops, weights, names, fields),
             "dyninfer_version": __version__, "torch_version": torch.__version__, "isa_at_save": engine.isa}
 
@@ -266,6 +267,13 @@ def _read_meta(path: Path, zf: zipfile.ZipFile) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise ArtefactError(f"{path}: metadata lacks {missing}")
+    load_extension()
+    from ._C import plan_schema
+    plan_version = meta.get("plan_version", 1)  # files written before the plan carried a version hold version 1
+    if plan_version != plan_schema()["version"]:
+        raise ArtefactError(f"{path}: its plan has layout version {plan_version!r}, this dyninfer reads version "
+                            f"{plan_schema()['version']}; rebuild the engine from its checkpoint "
+                            f"(dyninfer.checkpoint.load_model, dyninfer.compile) and save it again")
     if meta["gates"] not in ("learned", "open"):
         raise ArtefactError(f"{path}: metadata 'gates' is {meta['gates']!r}, expected 'learned' or 'open'")
     return meta

@@ -175,6 +175,18 @@ def test_mismatched_metadata_raises(engine, tmp_path, changes, message):
         dyninfer.load(bad)
 
 
+def test_plan_of_an_earlier_layout_is_refused_by_version(engine, tmp_path):
+    """Format-1 files written before the plan carried a version hold layout 1 (conv had 18 fields):
+    refused from the metadata, before TorchScript builds anything, with what to do."""
+    module = dyninfer.deploy.script_engine(engine)
+    meta = dyninfer.deploy._metadata(engine, module)
+    assert meta["plan_version"] == 2
+    del meta["plan_version"]
+    old = dyninfer.deploy._write(tmp_path / "old.dyninfer", module, meta)
+    with pytest.raises(ArtefactError, match="layout version 1, this dyninfer reads version 2; rebuild the engine"):
+        dyninfer.load(old)
+
+
 def test_missing_required_metadata_field(engine, tmp_path):
     module = dyninfer.deploy.script_engine(engine)
     meta = dyninfer.deploy._metadata(engine, module)

@@ -57,6 +57,9 @@ def test_schema_names_every_field_the_planner_encodes(spec):
         kind = next(k for k, d in schema["ops"].items() if d["kind"] == seg[0])
         d = schema["ops"][kind]
         assert seg[1] == len(d["fields"]) or d["variadic"], (kind, seg[1])
+    # layout version 2: conv's 18th field, always 1 and never read, is gone (every field is used)
+    assert schema["version"] == 2
+    assert schema["ops"]["conv"]["fields"][-2:] == ["relu", "gate"] and len(schema["ops"]["conv"]["fields"]) == 17
 
 
 def test_the_unmodified_plan_runs(spec):
@@ -109,12 +112,8 @@ def test_pool_geometry_is_checked(spec):
         build(spec, join_ops(segs))
 
 
-def test_conv_reserved_field_and_edge_values_are_refused(spec):
-    segs = split_ops(spec.ops)
-    c = first(segs, CONV)
-    segs[c][at(CONV, "reserved")] = 0
-    with pytest.raises(ValueError, match="field 'reserved' = 0"):
-        build(spec, join_ops(segs))
+def test_conv_edge_values_are_refused(spec):
+    c = first(split_ops(spec.ops), CONV)
     segs = split_ops(spec.ops)
     segs[c][at(CONV, "kh")] = 2 ** 62  # kh: used to be narrowed to int silently
     with pytest.raises(ValueError, match="field 'kh' = 4611686018427387904 outside"):

@@ -124,6 +124,10 @@ using ParallelFor = std::function<void(int64_t begin, int64_t end, int64_t grain
 
 struct Workspace;
 
+// False when any of x[0:n] is NaN or ±Inf. Non-finite inputs would propagate silently through the
+// sparse kernels, so every entry point (the torch adapter, the C runtime) refuses them with this.
+bool all_finite(const float* x, int64_t n);
+
 class Plan {
  public:
   // meta and ops as plan_schema.h lays them out; weights referenced by index into `weights`.

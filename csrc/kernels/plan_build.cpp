@@ -181,7 +181,6 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         c.dw = fld(schema::conv::dw, "dw", 1, kMaxKernel);
         c.relu = fld(schema::conv::relu, "relu", 0, 1) != 0;
         c.gate = fld(schema::conv::gate, "gate", -1, static_cast<int64_t>(gate_sizes_.size()) - 1);
-        fld(schema::conv::reserved, "reserved", 1, 1);
         c.out = out_ok(f[schema::conv::output], opi);
         const Buffer &bi = buffers_[c.in], &bo = buffers_[c.out];
         c.name = convs_.size() < names.size() ? names[convs_.size()] : "conv" + std::to_string(convs_.size());

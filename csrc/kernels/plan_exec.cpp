@@ -15,6 +15,14 @@ namespace dyninfer {
 
 using namespace plan_detail;
 
+bool all_finite(const float* x, int64_t n) {
+  // x*0 is 0 for finite x and NaN for NaN/Inf, so one vectorisable reduction tells.
+  float probe = 0.f;
+#pragma omp simd reduction(+ : probe)
+  for (int64_t i = 0; i < n; ++i) probe += x[i] * 0.f;
+  return probe == 0.f;
+}
+
 void Plan::set_profiling(bool on) const {
   std::lock_guard<std::mutex> lk(pool_mu_);
   profiling_ = on;

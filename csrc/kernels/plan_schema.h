@@ -9,7 +9,7 @@
 
 // The version of this layout; artefacts record it and loaders refuse another (csrc/runtime). Bump it
 // with any change below that alters the wire layout.
-#define DYNINFER_PLAN_VERSION 1
+#define DYNINFER_PLAN_VERSION 2  // 2: conv's unused 18th field ("reserved", always 1) removed
 
 // One activation buffer: channels, height, width, zero border, memory slot, values known >= 0.
 #define DYNINFER_BUFFER_FIELDS(F) F(C) F(H) F(W) F(border) F(slot) F(nonneg)
@@ -20,7 +20,7 @@
 // Weight fields hold an index into the plan's weight list; buffer fields a buffer index.
 #define DYNINFER_CONV_FIELDS(F)                                                                          \
   F(input) F(output) F(residual) F(weight) F(bias) F(out_channels) F(in_channels) F(kh) F(kw) F(sh) F(sw) \
-  F(ph) F(pw) F(dh) F(dw) F(relu) F(gate) F(reserved)
+  F(ph) F(pw) F(dh) F(dw) F(relu) F(gate)
 #define DYNINFER_GATE_FIELDS(F) \
   F(input) F(gate) F(fc1_weight) F(fc1_bias) F(fc2_weight) F(fc2_bias) F(in_channels) F(hidden) F(out_channels) F(force_k)
 #define DYNINFER_MAXPOOL_FIELDS(F) F(input) F(output) F(kh) F(kw) F(sh) F(sw) F(ph) F(pw)

@@ -85,7 +85,8 @@ std::unique_ptr<RtModel> load_artefact(const uint8_t* bytes, size_t n, bool veri
   const int64_t plan_version = meta_int(f, "plan_version");
   if (plan_version != kPlanVersion)
     throw ArtefactError("plan version " + std::to_string(plan_version) + ", this runtime reads plan version " +
-                        std::to_string(kPlanVersion));
+                        std::to_string(kPlanVersion) +
+                        "; rebuild the engine from its checkpoint with this dyninfer and save it again");
   auto m = std::make_unique<RtModel>();
   const std::string gates = meta_str(f, "gates");
   if (gates != "learned" && gates != "open") throw ArtefactError("artefact 'gates' must be learned or open, got '" + gates + "'");
@@ -172,13 +173,8 @@ void run_model(const RtModel& m, const float* x, int64_t batch, float* logits, f
   if (batch < 0) throw std::invalid_argument("dyninfer runtime: negative batch");
   if (batch == 0) return;
   if (x == nullptr || logits == nullptr) throw std::invalid_argument("dyninfer runtime: null input or output");
-  {
-    const int64_t n = batch * m.input_numel();
-    float probe = 0.f;
-#pragma omp simd reduction(+ : probe)
-    for (int64_t i = 0; i < n; ++i) probe += x[i] * 0.f;
-    if (probe != 0.f) throw std::invalid_argument("dyninfer runtime: input contains NaN or Inf values");
-  }
+  if (!all_finite(x, batch * m.input_numel()))
+    throw std::invalid_argument("dyninfer runtime: input contains NaN or Inf values");
 #ifdef _OPENMP
   const int nt = threads > 0 ? threads : omp_get_max_threads();
 #else

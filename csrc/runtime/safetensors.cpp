@@ -118,6 +118,19 @@ struct Json {
     if (p < end && (*p == '.' || *p == 'e' || *p == 'E')) fail("expected an integer, got a float");
     return v;
   }
+  // {"key": value, ...}: member(key) reads each value; duplicate keys are the caller's to refuse.
+  template <class Member>
+  void object(Member&& member) {
+    expect('{');
+    for (bool first = true; !peek('}'); first = false) {
+      if (!first) expect(',');
+      const std::string key = string();
+      expect(':');
+      member(key);
+    }
+    expect('}');
+  }
+
   std::vector<uint64_t> int_array() {
     expect('[');
     std::vector<uint64_t> v;
@@ -166,37 +179,17 @@ StFile parse_safetensors(const uint8_t* bytes, size_t n) {
   Json js{reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + hlen),
           reinterpret_cast<const char*>(bytes + 8)};
   StFile out;
-  js.expect('{');
-  bool first = true;
-  while (!js.peek('}')) {
-    if (!first) js.expect(',');
-    first = false;
-    const std::string key = js.string();
-    js.expect(':');
+  js.object([&](const std::string& key) {
     if (key == "__metadata__") {
-      js.expect('{');
-      bool f2 = true;
-      while (!js.peek('}')) {
-        if (!f2) js.expect(',');
-        f2 = false;
-        std::string k = js.string();
-        js.expect(':');
-        std::string v = js.string();
-        if (!out.metadata.emplace(std::move(k), std::move(v)).second) js.fail("duplicate metadata key");
-      }
-      js.expect('}');
-      continue;
+      js.object([&](const std::string& k) {
+        if (!out.metadata.emplace(k, js.string()).second) js.fail("duplicate metadata key");
+      });
+      return;
     }
     StTensor t;
     bool have_dtype = false, have_shape = false, have_off = false;
     std::vector<uint64_t> off;
-    js.expect('{');
-    bool f2 = true;
-    while (!js.peek('}')) {
-      if (!f2) js.expect(',');
-      f2 = false;
-      const std::string field = js.string();
-      js.expect(':');
+    js.object([&](const std::string& field) {
       if (field == "dtype" && !have_dtype) {
         t.dtype = js.string();
         have_dtype = true;
@@ -212,8 +205,7 @@ StFile parse_safetensors(const uint8_t* bytes, size_t n) {
       } else {
         js.fail("tensor '" + key + "': unexpected or repeated field '" + field + "'");
       }
-    }
-    js.expect('}');
+    });
     if (!have_dtype || !have_shape || !have_off)
       js.fail("tensor '" + key + "': needs dtype, shape and data_offsets");
     const size_t es = dtype_size(t.dtype);
@@ -232,8 +224,7 @@ StFile parse_safetensors(const uint8_t* bytes, size_t n) {
     t.data = data + off[0];
     t.nbytes = static_cast<size_t>(off[1] - off[0]);
     if (!out.tensors.emplace(key, std::move(t)).second) js.fail("duplicate tensor '" + key + "'");
-  }
-  js.expect('}');
+  });
   js.ws();
   if (js.p != js.end) js.fail("trailing bytes after the header object");
   return out;

@@ -302,7 +302,7 @@ class _Builder:
             self.direct_pad[x] = max(self.direct_pad.get(x, 0), ph, pw)
         self.emit(CONV, dict(input=x, output=out, residual=res, weight=self.weight(w), bias=self.weight(b),
                              out_channels=conv.out_channels, in_channels=conv.in_channels, kh=kh, kw=kw, sh=sh,
-                             sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, relu=int(ch["relu"]), gate=gate_idx, reserved=1),
+                             sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, relu=int(ch["relu"]), gate=gate_idx),
                   [x] + ([res] if res >= 0 else []), out)
         self.conv_names.append(node.target)
         self.env[ch["end"]] = ("act", out)
