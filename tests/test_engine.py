@@ -130,6 +130,22 @@ def test_max_pooling(k, stride, pad, ceil, relu):
         check_against_torch(model, torch.randn(2, 3, h, w))
 
 
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("k,stride,pad,include,divisor,ceil", [
+    (3, 1, 1, True, None, False), (3, 1, 1, False, None, False), (2, 1, 0, True, None, False),
+    (3, 1, 1, True, 5, False), (3, 2, 1, False, None, False), (2, 2, 1, True, None, True), (5, 1, 2, False, None, False)])
+def test_average_pooling(k, stride, pad, include, divisor, ceil, relu):
+    # Stride 1 inside the zero border: vectors of output pixels (each lane sums its window in the
+    # scalar loop's order, so the result is the same to the bit); other strides: the scalar loop.
+    torch.manual_seed(k * 11 + stride)
+    layers = [nn.Conv2d(3, 6, 3, 1, 1), nn.BatchNorm2d(6)] + ([nn.ReLU()] if relu else [])
+    layers += [nn.AvgPool2d(k, stride, pad, ceil_mode=ceil, count_include_pad=include, divisor_override=divisor),
+               nn.Conv2d(6, 5, 3, 1, 1), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 4, 1), nn.Flatten()]
+    model = randomize(dyninfer.decouple(nn.Sequential(*layers)), seed=k + stride)
+    for h, w in [(19, 21), (16, 16), (9, 7), (5, 40)]:
+        check_against_torch(model, torch.randn(2, 3, h, w))
+
+
 # ---- whole models ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", dyninfer.list_models())

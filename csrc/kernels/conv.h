@@ -93,18 +93,26 @@ struct Im2colCall {
 };
 void conv_im2col(Isa isa, const Im2colCall& a);
 
-// Max pooling of n compact channel planes whose values are all >= 0, read in place from planes
-// whose zero border covers the padding (so padded taps, 0, never exceed the window's max and the
-// result equals max over real pixels). in / out: interior of channel 0; planes cstride apart,
-// rows wp apart. Stride 1, or 2 where the ISA deinterleaves (else returns false: caller's loop).
+// Max or average pooling of n compact channel planes (PyTorch's semantics: max ignores padding,
+// average divides by `divisor` when > 0, else by the window's size with or without the padding).
+// in / out: interior of channel 0; planes cstride apart, rows wp apart; the input planes carry a
+// zero border of `border` pixels. Where windows stay inside that border the kernels run vectors
+// of output pixels: max pooling of values known >= 0 (a padded 0 never exceeds the window's max),
+// stride 1 or 2; average pooling at stride 1 (padded zeros add nothing, each lane sums its window
+// in the same order as the scalar loop, so results are identical); elsewhere a scalar loop.
 struct PoolCall {
   const float* in = nullptr;
   int64_t in_cstride = 0, in_wp = 0;
   float* out = nullptr;
   int64_t out_cstride = 0, out_wp = 0;
   int n = 0, kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, ho = 0, wo = 0;
+  int hi = 0, wi = 0, border = 0;  // input plane size and zero border
+  bool max = true;
+  bool nonneg = false;  // every input value is >= 0 (ReLU outputs)
+  bool count_include_pad = true;
+  int divisor = 0;
 };
-bool pool_max_nonneg(Isa isa, const PoolCall& p);
+void pool(Isa isa, const PoolCall& p);
 
 // Vectorised helpers of the runtime, dispatched like the kernels.
 // dst = relu?(src) over an h x w plane (row strides src_wp / dst_wp); returns the sum stored.
@@ -124,7 +132,7 @@ struct KernelTable {
   float (*plane_copy)(const float*, int64_t, float*, int64_t, int, int, bool);
   void (*gemv)(const float*, const float*, const int32_t*, int, const float*, float*, int, bool);
   double (*fma_peak)(int64_t);  // FLOPs executed by the peak probe
-  bool (*pool_max_nonneg)(const PoolCall&);
+  void (*pool)(const PoolCall&);
   bool (*subsample2)(const float*, int64_t, float*, int64_t, int, int);
   IsaCaps caps;
 };

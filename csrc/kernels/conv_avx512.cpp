@@ -177,10 +177,9 @@ static bool subsample2_avx512(const float* src, int64_t sw, float* dst, int64_t 
   clean_upper_state();
   return done;
 }
-static bool pool_max_avx512(const PoolCall& p) {
-  const bool done = avx512::pool_max_nonneg<avx512::T16>(p);
+static void pool_avx512(const PoolCall& p) {
+  avx512::pool<avx512::T16>(p);
   clean_upper_state();
-  return done;
 }
 static double peak_avx512(int64_t iters) {
   const double f = avx512::peak<avx512::T16>(iters);
@@ -191,7 +190,7 @@ static double peak_avx512(int64_t iters) {
 const KernelTable* kernels_avx512() {
   using avx512::T16, avx512::T16P, avx512::T8;
   static const KernelTable table{&conv_avx512, &im2col_avx512, &plane_copy_avx512,
-                                 &gemv_avx512, &peak_avx512,   &pool_max_avx512,
+                                 &gemv_avx512, &peak_avx512,   &pool_avx512,    
                                  &subsample2_avx512,
                                  IsaCaps{T16::W, T16::kHasDeinterleave && T8::kHasDeinterleave, T16P::kPairs, true,
                                          T8::kMaxM, T16::kMaxM, T16P::kMaxM}};

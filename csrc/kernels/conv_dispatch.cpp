@@ -50,7 +50,7 @@ void gemv(Isa isa, const float* w, const float* x, const int32_t* idx, int nk, c
 
 double fma_peak_probe(Isa isa, int64_t iters) { return table(isa).fma_peak(iters); }
 
-bool pool_max_nonneg(Isa isa, const PoolCall& p) { return table(isa).pool_max_nonneg(p); }
+void pool(Isa isa, const PoolCall& p) { table(isa).pool(p); }
 
 bool subsample2(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w) {
   return table(isa).subsample2(src, src_wp, dst, dst_wp, h, w);

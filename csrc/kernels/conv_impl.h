@@ -297,6 +297,89 @@ static bool pool_max_nonneg(const PoolCall& p) {
   return true;
 }
 
+// Average pooling at stride 1 over zero-bordered planes whose border holds every window: T::W
+// output pixels per vector. Rows are clipped exactly as in pool_scalar; columns outside the plane
+// read the border's zeros, which add nothing, so each lane's sum takes the same values in the same
+// order as the scalar loop (identical results). Divisors per pixel, then a scalar division.
+template <class T>
+static void pool_avg_s1(const PoolCall& p) {
+  alignas(64) float sums[T::W];
+  for (int c = 0; c < p.n; ++c) {
+    const float* src = p.in + c * p.in_cstride;
+    float* dst = p.out + c * p.out_cstride;
+    for (int y = 0; y < p.ho; ++y) {
+      const int y0 = y * p.sh - p.ph;
+      const int ya = y0 > 0 ? y0 : 0, yb = y0 + p.kh < p.hi ? y0 + p.kh : p.hi;
+      float* d = dst + y * p.out_wp;
+      for (int x = 0; x < p.wo; x += T::W) {
+        typename T::V acc = T::zero();
+        for (int yy = ya; yy < yb; ++yy) {
+          const float* row = src + static_cast<int64_t>(yy) * p.in_wp + x - p.pw;
+          for (int kx = 0; kx < p.kw; ++kx) acc = T::add(acc, T::load(row + kx));
+        }
+        T::storeu(sums, acc);
+        const int n = p.wo - x < T::W ? p.wo - x : T::W;
+        for (int i = 0; i < n; ++i) {
+          const int x0 = x + i - p.pw;
+          const int xa = x0 > 0 ? x0 : 0, xb = x0 + p.kw < p.wi ? x0 + p.kw : p.wi;
+          int div;
+          if (p.divisor > 0) div = p.divisor;
+          else if (p.count_include_pad)
+            div = ((y0 + p.kh < p.hi + p.ph ? y0 + p.kh : p.hi + p.ph) - y0) *
+                  ((x0 + p.kw < p.wi + p.pw ? x0 + p.kw : p.wi + p.pw) - x0);
+          else div = (yb - ya) * (xb - xa);
+          d[x + i] = sums[i] / static_cast<float>(div);
+        }
+      }
+    }
+  }
+}
+
+// Any geometry, one output pixel at a time (max: NaN wins, as in PyTorch).
+template <class T>
+static void pool_scalar(const PoolCall& p) {
+  for (int c = 0; c < p.n; ++c) {
+    const float* src = p.in + c * p.in_cstride;
+    float* dst = p.out + c * p.out_cstride;
+    for (int y = 0; y < p.ho; ++y)
+      for (int x = 0; x < p.wo; ++x) {
+        const int y0 = y * p.sh - p.ph, x0 = x * p.sw - p.pw;
+        const int ya = y0 > 0 ? y0 : 0, yb = y0 + p.kh < p.hi ? y0 + p.kh : p.hi;
+        const int xa = x0 > 0 ? x0 : 0, xb = x0 + p.kw < p.wi ? x0 + p.kw : p.wi;
+        float r;
+        if (p.max) {
+          r = -__builtin_inff();
+          for (int yy = ya; yy < yb; ++yy)
+            for (int xx = xa; xx < xb; ++xx) {
+              const float v = src[yy * p.in_wp + xx];
+              r = (v > r || v != v) ? v : r;
+            }
+        } else {
+          float s = 0.f;
+          for (int yy = ya; yy < yb; ++yy)
+            for (int xx = xa; xx < xb; ++xx) s += src[yy * p.in_wp + xx];
+          int div;
+          if (p.divisor > 0) div = p.divisor;
+          else if (p.count_include_pad)
+            div = ((y0 + p.kh < p.hi + p.ph ? y0 + p.kh : p.hi + p.ph) - y0) *
+                  ((x0 + p.kw < p.wi + p.pw ? x0 + p.kw : p.wi + p.pw) - x0);
+          else div = (yb - ya) * (xb - xa);
+          r = s / static_cast<float>(div);
+        }
+        dst[y * p.out_wp + x] = r;
+      }
+  }
+}
+
+template <class T>
+static void pool(const PoolCall& p) {
+  const bool inside = p.ph <= p.border && p.pw <= p.border && (p.ho - 1) * p.sh - p.ph + p.kh <= p.hi + p.border &&
+                      (p.wo - 1) * p.sw - p.pw + p.kw <= p.wi + p.border;
+  if (inside && p.max && p.nonneg && pool_max_nonneg<T>(p)) return;
+  if (inside && !p.max && p.sw == 1) return pool_avg_s1<T>(p);
+  pool_scalar<T>(p);
+}
+
 // dst (h x w) = src[2y][2x] (see subsample2 in conv.h): deinterleaving loads, scalar row tails.
 template <class T>
 static bool subsample2(const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w) {

@@ -366,59 +366,30 @@ struct Executor {
     const Buffer &bi = P.buffers_[p.in], &bo = P.buffers_[p.out];
     ws.active[p.out] = ws.active[p.in];
     ws.sums_valid[p.out] = 0;
-    const int n = static_cast<int>(ws.active[p.in].size());
-    // Max pooling of values >= 0 (ReLU outputs) whose windows stay inside the zero border:
-    // vector kernels, exact (a padded 0 never exceeds the window's max).
-    if (p.max && bi.nonneg && p.ph <= bi.B && p.pw <= bi.B && (bo.H - 1) * p.sh - p.ph + p.kh <= bi.H + bi.B &&
-        (bo.W - 1) * p.sw - p.pw + p.kw <= bi.W + bi.B) {
-      PoolCall pc;
-      pc.in = interior(p.in, 0);
-      pc.in_cstride = bi.plane;
-      pc.in_wp = bi.Wp;
-      pc.out = interior(p.out, 0);
-      pc.out_cstride = bo.plane;
-      pc.out_wp = bo.Wp;
-      pc.n = n;
-      pc.kh = p.kh;
-      pc.kw = p.kw;
-      pc.sh = p.sh;
-      pc.sw = p.sw;
-      pc.ph = p.ph;
-      pc.pw = p.pw;
-      pc.ho = bo.H;
-      pc.wo = bo.W;
-      if (pool_max_nonneg(P.isa_, pc)) return;
-    }
-    for (int ci = 0; ci < n; ++ci) {
-      const float* src = interior(p.in, ci);
-      float* dst = interior(p.out, ci);
-      for (int y = 0; y < bo.H; ++y)
-        for (int x = 0; x < bo.W; ++x) {
-          const int y0 = y * p.sh - p.ph, x0 = x * p.sw - p.pw;
-          const int ya = std::max(y0, 0), yb = std::min(y0 + p.kh, bi.H);
-          const int xa = std::max(x0, 0), xb = std::min(x0 + p.kw, bi.W);
-          float r;
-          if (p.max) {
-            r = -INFINITY;
-            for (int yy = ya; yy < yb; ++yy)
-              for (int xx = xa; xx < xb; ++xx) {
-                const float v = src[yy * bi.Wp + xx];
-                r = (v > r || std::isnan(v)) ? v : r;
-              }
-          } else {
-            float s = 0.f;
-            for (int yy = ya; yy < yb; ++yy)
-              for (int xx = xa; xx < xb; ++xx) s += src[yy * bi.Wp + xx];
-            int div;
-            if (p.divisor > 0) div = p.divisor;
-            else if (p.count_include_pad)
-              div = (std::min(y0 + p.kh, bi.H + p.ph) - y0) * (std::min(x0 + p.kw, bi.W + p.pw) - x0);
-            else div = (yb - ya) * (xb - xa);
-            r = s / static_cast<float>(div);
-          }
-          dst[y * bo.Wp + x] = r;
-        }
-    }
+    PoolCall pc;
+    pc.in = interior(p.in, 0);
+    pc.in_cstride = bi.plane;
+    pc.in_wp = bi.Wp;
+    pc.out = interior(p.out, 0);
+    pc.out_cstride = bo.plane;
+    pc.out_wp = bo.Wp;
+    pc.n = static_cast<int>(ws.active[p.in].size());
+    pc.kh = p.kh;
+    pc.kw = p.kw;
+    pc.sh = p.sh;
+    pc.sw = p.sw;
+    pc.ph = p.ph;
+    pc.pw = p.pw;
+    pc.ho = bo.H;
+    pc.wo = bo.W;
+    pc.hi = bi.H;
+    pc.wi = bi.W;
+    pc.border = bi.B;
+    pc.max = p.max;
+    pc.nonneg = bi.nonneg;
+    pc.count_include_pad = p.count_include_pad;
+    pc.divisor = p.divisor;
+    dyninfer::pool(P.isa_, pc);  // the kernels choose vectors or the scalar loop
   }
 
   void linear(const LinearOp& l) {
