@@ -120,6 +120,9 @@ float plane_copy(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t 
 // dst (h x w, row stride dst_wp) = every other pixel of every other row of src (row stride
 // src_wp): the option-A shortcut's subsampling. Returns false where the ISA cannot deinterleave.
 bool subsample2(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w);
+// d = relu?(a + b) over an h x w plane (row strides a_wp, b_wp, d_wp); a or b may be null (0).
+void add_planes(Isa isa, const float* a, int64_t a_wp, const float* b, int64_t b_wp, float* d, int64_t d_wp, int h,
+                int w, bool relu);
 // y[0:rows] = relu?(b + Σ_k x[k] · wt[k][0:rows]) for k in idx[0:nk] (k < nk if idx is null);
 // wt is the FC weight transposed (cols x rows); b may be null.
 void gemv(Isa isa, const float* wt, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows,
@@ -133,6 +136,7 @@ struct KernelTable {
   void (*gemv)(const float*, const float*, const int32_t*, int, const float*, float*, int, bool);
   double (*fma_peak)(int64_t);  // FLOPs executed by the peak probe
   void (*pool)(const PoolCall&);
+  void (*add_planes)(const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, bool);
   bool (*subsample2)(const float*, int64_t, float*, int64_t, int, int);
   IsaCaps caps;
 };

@@ -99,7 +99,7 @@ struct T8 {
 const KernelTable* kernels_avx2() {
   using T = avx2::T8;
   static const KernelTable table{&avx2::run<T>,  &avx2::im2col<T>,          &avx2::plane_copy<T>, &avx2::gemv<T>,
-                                 &avx2::peak<T>, &avx2::pool<T>, &avx2::subsample2<T>,
+                                 &avx2::peak<T>, &avx2::pool<T>, &avx2::add_planes<T>, &avx2::subsample2<T>,
                                  IsaCaps{T::W, T::kHasDeinterleave, false, false, T::kMaxM, 0, 0}};
   return &table;
 }

@@ -177,6 +177,11 @@ static bool subsample2_avx512(const float* src, int64_t sw, float* dst, int64_t 
   clean_upper_state();
   return done;
 }
+static void add_avx512(const float* a, int64_t aw, const float* b, int64_t bw, float* d, int64_t dw, int h, int w,
+                       bool relu) {
+  avx512::add_planes<avx512::T16>(a, aw, b, bw, d, dw, h, w, relu);
+  clean_upper_state();
+}
 static void pool_avx512(const PoolCall& p) {
   avx512::pool<avx512::T16>(p);
   clean_upper_state();
@@ -190,7 +195,7 @@ static double peak_avx512(int64_t iters) {
 const KernelTable* kernels_avx512() {
   using avx512::T16, avx512::T16P, avx512::T8;
   static const KernelTable table{&conv_avx512, &im2col_avx512, &plane_copy_avx512,
-                                 &gemv_avx512, &peak_avx512,   &pool_avx512,    
+                                 &gemv_avx512, &peak_avx512,   &pool_avx512,    &add_avx512,
                                  &subsample2_avx512,
                                  IsaCaps{T16::W, T16::kHasDeinterleave && T8::kHasDeinterleave, T16P::kPairs, true,
                                          T8::kMaxM, T16::kMaxM, T16P::kMaxM}};

@@ -52,6 +52,11 @@ double fma_peak_probe(Isa isa, int64_t iters) { return table(isa).fma_peak(iters
 
 void pool(Isa isa, const PoolCall& p) { table(isa).pool(p); }
 
+void add_planes(Isa isa, const float* a, int64_t a_wp, const float* b, int64_t b_wp, float* d, int64_t d_wp, int h,
+                int w, bool relu) {
+  table(isa).add_planes(a, a_wp, b, b_wp, d, d_wp, h, w, relu);
+}
+
 bool subsample2(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w) {
   return table(isa).subsample2(src, src_wp, dst, dst_wp, h, w);
 }

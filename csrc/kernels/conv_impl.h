@@ -380,6 +380,28 @@ static void pool(const PoolCall& p) {
   pool_scalar<T>(p);
 }
 
+// d = relu?(a + b) (see add_planes in conv.h): T::W pixels per vector, masked row tails; a null
+// side reads as 0 (a + 0, as the scalar form). ReLU as max(v, 0): 0 for NaN and for -0, like v > 0 ? v : 0.
+template <class T>
+static void add_planes(const float* a, int64_t a_wp, const float* b, int64_t b_wp, float* d, int64_t d_wp, int h,
+                       int w, bool relu) {
+  using V = typename T::V;
+  const V z = T::zero();
+  for (int y = 0; y < h; ++y) {
+    const float* ra = a ? a + y * a_wp : nullptr;
+    const float* rb = b ? b + y * b_wp : nullptr;
+    float* rd = d + y * d_wp;
+    for (int x = 0; x < w; x += T::W) {
+      const int n = w - x < T::W ? w - x : T::W;
+      const uint32_t m = n == T::W ? T::kFull : static_cast<uint32_t>((1ull << n) - 1ull);
+      V v = T::add(ra ? T::load_m(ra + x, m) : z, rb ? T::load_m(rb + x, m) : z);
+      if (relu) v = T::max(v, z);
+      if (n == T::W) T::storeu(rd + x, v);
+      else T::store_m(rd + x, v, m);
+    }
+  }
+}
+
 // dst (h x w) = src[2y][2x] (see subsample2 in conv.h): deinterleaving loads, scalar row tails.
 template <class T>
 static bool subsample2(const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w) {

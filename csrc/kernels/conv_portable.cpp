@@ -81,7 +81,7 @@ struct S8 {
 const KernelTable* kernels_portable() {
   using T = portable::S8;
   static const KernelTable table{&portable::run<T>,  &portable::im2col<T>, &portable::plane_copy<T>,
-                                 &portable::gemv<T>, &portable::peak<T>,   &portable::pool<T>,
+                                 &portable::gemv<T>, &portable::peak<T>,   &portable::pool<T>, &portable::add_planes<T>,
                                  &portable::subsample2<T>,
                                  IsaCaps{T::W, T::kHasDeinterleave, false, false, T::kMaxM, 0, 0}};
   return &table;

@@ -456,13 +456,7 @@ struct Executor {
       const float* pa = x <= y ? interior(a.a, static_cast<int>(i)) : nullptr;
       const float* pb = y <= x ? interior(a.b, static_cast<int>(j)) : nullptr;
       const int wa = P.buffers_[a.a].Wp, wb = P.buffers_[a.b].Wp;
-      float* d = interior(a.out, pos);
-      for (int yy = 0; yy < bo.H; ++yy)
-        for (int xx = 0; xx < bo.W; ++xx) {
-          float v = (pa ? pa[yy * wa + xx] : 0.f) + (pb ? pb[yy * wb + xx] : 0.f);
-          if (a.relu) v = v > 0.f ? v : 0.f;
-          d[yy * bo.Wp + xx] = v;
-        }
+      add_planes(P.isa_, pa, wa, pb, wb, interior(a.out, pos), bo.Wp, bo.H, bo.W, a.relu);
       out_act.push_back(std::min(x, y));
       if (x <= y) ++i;
       if (y <= x) ++j;
