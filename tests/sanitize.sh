@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make sanitize: build dyninfer._C with AddressSanitizer + UndefinedBehaviorSanitizer into
-# build/sanitize, then run the engine, plan and deploy tests against it (the package's Python
+# build/sanitize, then run the engine, plan, deploy and runtime tests against it (the package's Python
 # files are linked into build/sanitize/pkg beside the sanitized extension, which PYTHONPATH puts
 # first; python -P keeps the working directory, the source tree, off sys.path). Any sanitizer
 # report aborts the test process and fails the target.
@@ -15,7 +15,7 @@ rm -rf "$OUT/pkg" && mkdir -p "$OUT/pkg/dyninfer"
 for f in dyninfer/*; do
   case "$f" in *.so) ;; *) ln -s "$PWD/$f" "$OUT/pkg/$f" ;; esac
 done
-cp "$OUT"/lib/dyninfer/_C*.so "$OUT/pkg/dyninfer/"
+cp "$OUT"/lib/dyninfer/_C*.so "$OUT"/lib/dyninfer/_rt*.so "$OUT/pkg/dyninfer/"  # both extensions, sanitized
 ASAN_LIB=$(gcc -print-file-name=libasan.so)
 UBSAN_LIB=$(gcc -print-file-name=libubsan.so)
 # Python and torch allocate for the process lifetime: leak checking would only report them.
@@ -24,4 +24,4 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONPATH="$PWD/$OUT/pkg" "$PY" -P -c \
   "import dyninfer, dyninfer._C as c; assert '$OUT/pkg' in dyninfer.__file__, dyninfer.__file__; print('sanitized build:', c.__file__)"
 LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONPATH="$PWD/$OUT/pkg" "$PY" -P -m pytest -x -q -p no:cacheprovider \
-  tests/test_engine.py tests/test_plan_validation.py tests/test_plan_fuzz.py tests/test_deploy.py "$@"
+  tests/test_engine.py tests/test_plan_validation.py tests/test_plan_fuzz.py tests/test_deploy.py tests/test_runtime.py "$@"
