@@ -38,6 +38,18 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _commit(root: Path) -> str:
+    """The tree's git commit (with '+changes' when its working tree differs), not its local path."""
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git tree)"
+
+
 def _randomize(model, seed: int):
     import torch
     from torch import nn
@@ -149,7 +161,7 @@ def main(argv=None) -> int:
         args.models = list_models() + SHIPPED
     from tqdm import tqdm
 
-    report = {"cpu": _cpu_name(), "threads": 1, "old": str(args.old.resolve()), "new": str(args.new.resolve()),
+    report = {"cpu": _cpu_name(), "threads": 1, "old": _commit(args.old), "new": _commit(args.new),
               "runs": args.runs, "rounds": args.rounds, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for model in tqdm(args.models, desc="models", disable=not sys.stderr.isatty()):
