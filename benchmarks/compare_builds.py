@@ -50,26 +50,6 @@ def _commit(root: Path) -> str:
         return "unknown (not a git tree)"
 
 
-def _randomize(model, seed: int):
-    import torch
-    from torch import nn
-
-    from dyninfer import ArchitectureControl
-
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-        if isinstance(m, ArchitectureControl):
-            m.fc1.weight.data.copy_(torch.randn(m.fc1.weight.shape, generator=g))
-            m.fc2.weight.data.copy_(torch.randn(m.fc2.weight.shape, generator=g))
-            m.fc2.bias.data.copy_(torch.randn(m.fc2.bias.shape, generator=g) * 0.5)
-    return model.eval()
-
-
 def worker(args: argparse.Namespace) -> None:
     """Runs inside one build's tree: compile, dump outputs, time; prints one JSON line."""
     import time
@@ -92,8 +72,11 @@ def worker(args: argparse.Namespace) -> None:
     else:
         from dyninfer.models import model_info
 
+        sys.path.insert(0, str(Path(args.root) / "tests"))
+        from _models import randomize  # the tree's own test helper: BN statistics and gates at random
+
         torch.manual_seed(0)
-        model = _randomize(dyninfer.create_model(args.model), seed=7)
+        model = randomize(dyninfer.create_model(args.model), seed=7)
         shape = model_info(args.model).input_size
     engine = dyninfer.compile(model, input_shape=shape)
     x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(3))

@@ -297,6 +297,16 @@ static bool pool_max_nonneg(const PoolCall& p) {
   return true;
 }
 
+// Divisor of the average-pooling window starting at (y0, x0) (padding included) that covers rows
+// real rows and cols real columns: PyTorch's divisor_override, else the window clipped to the padded
+// plane (count_include_pad) or to the real one.
+inline int pool_divisor(const PoolCall& p, int y0, int rows, int x0, int cols) {
+  if (p.divisor > 0) return p.divisor;
+  if (!p.count_include_pad) return rows * cols;
+  return ((y0 + p.kh < p.hi + p.ph ? y0 + p.kh : p.hi + p.ph) - y0) *
+         ((x0 + p.kw < p.wi + p.pw ? x0 + p.kw : p.wi + p.pw) - x0);
+}
+
 // Average pooling at stride 1 over zero-bordered planes whose border holds every window: T::W
 // output pixels per vector. Rows are clipped exactly as in pool_scalar; columns outside the plane
 // read the border's zeros, which add nothing, so each lane's sum takes the same values in the same
@@ -322,12 +332,7 @@ static void pool_avg_s1(const PoolCall& p) {
         for (int i = 0; i < n; ++i) {
           const int x0 = x + i - p.pw;
           const int xa = x0 > 0 ? x0 : 0, xb = x0 + p.kw < p.wi ? x0 + p.kw : p.wi;
-          int div;
-          if (p.divisor > 0) div = p.divisor;
-          else if (p.count_include_pad)
-            div = ((y0 + p.kh < p.hi + p.ph ? y0 + p.kh : p.hi + p.ph) - y0) *
-                  ((x0 + p.kw < p.wi + p.pw ? x0 + p.kw : p.wi + p.pw) - x0);
-          else div = (yb - ya) * (xb - xa);
+          const int div = pool_divisor(p, y0, yb - ya, x0, xb - xa);
           d[x + i] = sums[i] / static_cast<float>(div);
         }
       }
@@ -358,12 +363,7 @@ static void pool_scalar(const PoolCall& p) {
           float s = 0.f;
           for (int yy = ya; yy < yb; ++yy)
             for (int xx = xa; xx < xb; ++xx) s += src[yy * p.in_wp + xx];
-          int div;
-          if (p.divisor > 0) div = p.divisor;
-          else if (p.count_include_pad)
-            div = ((y0 + p.kh < p.hi + p.ph ? y0 + p.kh : p.hi + p.ph) - y0) *
-                  ((x0 + p.kw < p.wi + p.pw ? x0 + p.kw : p.wi + p.pw) - x0);
-          else div = (yb - ya) * (xb - xa);
+          const int div = pool_divisor(p, y0, yb - ya, x0, xb - xa);
           r = s / static_cast<float>(div);
         }
         dst[y * p.out_wp + x] = r;
