@@ -270,9 +270,10 @@ def _read_meta(path: Path, zf: zipfile.ZipFile) -> dict[str, Any]:
     load_extension()
     from ._C import plan_schema
     plan_version = meta.get("plan_version", 1)  # files written before the plan carried a version hold version 1
-    if plan_version != plan_schema()["version"]:
+    supported = plan_schema()["version"]
+    if plan_version != supported:
         raise ArtefactError(f"{path}: its plan has layout version {plan_version!r}, this dyninfer reads version "
-                            f"{plan_schema()['version']}; rebuild the engine from its checkpoint "
+                            f"{supported}; rebuild the engine from its checkpoint "
                             f"(dyninfer.checkpoint.load_model, dyninfer.compile) and save it again")
     if meta["gates"] not in ("learned", "open"):
         raise ArtefactError(f"{path}: metadata 'gates' is {meta['gates']!r}, expected 'learned' or 'open'")

@@ -395,7 +395,7 @@ class DecouplingLoss(nn.Module):
                 # a static core (ArchitectureControl.set_core) is on for every input: batch-shaping and
                 # the response targets see only the other filters, at the rate that keeps R overall
                 g_logits, y_free, r = g.logits.float(), y_mean, cfg.prior[0]
-                if g.core is not None and bool(g.core.any()):
+                if g.core is not None:
                     free = ~g.core
                     if not bool(free.any()):
                         continue

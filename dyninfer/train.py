@@ -33,6 +33,7 @@ a single-process run resumed this way ends with the weights of an uninterrupted 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -450,6 +451,19 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike) -> str:
     return "dense->gated" if result.missing_keys else "exact"
 
 
+@contextlib.contextmanager
+def _augmentation_off(train_ds: Dataset):
+    """Within the block, the dataset under ``train_ds`` (through any Subset) serves unaugmented images."""
+    ds = train_ds
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    saved, ds.augment = getattr(ds, "augment", None), None
+    try:
+        yield
+    finally:
+        ds.augment = saved
+
+
 def static_masks_from(path: str | os.PathLike, train_ds: Dataset, model: nn.Module,
                       batch_size: int = 256) -> dict[str, Any]:
     """The static path of a gated checkpoint: its firing rates over ``train_ds`` (augmentation off),
@@ -465,18 +479,11 @@ def static_masks_from(path: str | os.PathLike, train_ds: Dataset, model: nn.Modu
     if [(k, g.out_channels) for k, g in src_gates.items()] != [(k, g.out_channels) for k, g in own.items()]:
         raise ValueError(f"TrainConfig.static_from: {path} has gates {[(k, g.out_channels) for k, g in src_gates.items()][:3]}…, "
                          f"the model being trained {[(k, g.out_channels) for k, g in own.items()][:3]}…")
-    ds = train_ds
-    while isinstance(ds, Subset):
-        ds = ds.dataset
-    saved_augment, ds.augment = getattr(ds, "augment", None), None
-    try:
-        paths = []
-        with torch.no_grad():
-            for x, _ in DataLoader(train_ds, batch_size=batch_size, shuffle=False):
-                source(x)
-                paths.append(calculation_path(source).to(torch.uint8))
-    finally:
-        ds.augment = saved_augment
+    paths = []
+    with _augmentation_off(train_ds), torch.no_grad():
+        for x, _ in DataLoader(train_ds, batch_size=batch_size, shuffle=False):
+            source(x)
+            paths.append(calculation_path(source).to(torch.uint8))
     bits = torch.cat(paths)
     n = bits.shape[0]
     ps = PathSet(bits, torch.full((n,), -1), torch.full((n,), -1), list(src_gates),
@@ -494,11 +501,7 @@ def core_masks(model: nn.Module, train_ds: Dataset, ratio: float, samples: int =
     (at least 1) whose unit output has the largest mean global-average-pooled response over the first
     ``samples`` images of ``train_ds`` (augmentation off), every gate open while measuring. The
     response is the one the response targets rank (before gating); deterministic for a given model."""
-    ds = train_ds
-    while isinstance(ds, Subset):
-        ds = ds.dataset
     own = gates(model)
-    saved_augment, ds.augment = getattr(ds, "augment", None), None
     was_training = model.training
     saved_keep = {k: g.force_keep for k, g in own.items()}
     sums: dict[str, Tensor] = {}
@@ -508,13 +511,13 @@ def core_masks(model: nn.Module, train_ds: Dataset, ratio: float, samples: int =
         for g in own.values():
             g.force_keep = 1.0
         n = min(samples, len(train_ds))
-        for x, _ in DataLoader(Subset(train_ds, range(n)), batch_size=batch_size, shuffle=False):
-            model(x)
-            for k, g in own.items():
-                sums[k] = sums.get(k, 0) + g.y_mean.double().sum(0)
-            seen += x.shape[0]
+        with _augmentation_off(train_ds):
+            for x, _ in DataLoader(Subset(train_ds, range(n)), batch_size=batch_size, shuffle=False):
+                model(x)
+                for k, g in own.items():
+                    sums[k] = sums.get(k, 0) + g.y_mean.double().sum(0)
+                seen += x.shape[0]
     finally:
-        ds.augment = saved_augment
         for k, g in own.items():
             g.force_keep = saved_keep[k]
         model.train(was_training)

@@ -157,7 +157,7 @@ class ArchitectureControl(nn.Module):
         if keep.shape != (self.out_channels,):
             raise ValueError(f"ArchitectureControl.set_core: expected a mask of {self.out_channels} "
                              f"channels, got shape {tuple(keep.shape)}")
-        self.core = keep.to(self.fc2.weight.device)
+        self.core = keep.to(self.fc2.weight.device) if bool(keep.any()) else None  # an empty core is no core
         self._core_margin = float(margin)
         self.apply_core()
 
