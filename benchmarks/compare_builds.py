@@ -9,8 +9,8 @@ the same extension cannot share a process); old and new alternate, one torch thr
 
 For every registered model (BN statistics and gates randomised with a fixed seed, so both builds
 compile the same network, gates learned: each sample keeps about half of its channels) and for the
-shipped dynamic checkpoints, the script compares logits and gate paths bit for bit, then times the
-engine: per round and build, the median of ``--runs`` calls at batch 1 and at batch 8; the ratio
+shipped dynamic checkpoints (the new tree's files, compiled by both builds), the script compares
+logits and gate paths bit for bit, then times the engine: per round and build, the median of ``--runs`` calls at batch 1 and at batch 8; the ratio
 new / old per round, and the median ratio over ``--rounds`` rounds (> 1: the new build is slower).
 """
 from __future__ import annotations
@@ -66,7 +66,8 @@ def worker(args: argparse.Namespace) -> None:
     if args.model in SHIPPED:
         from dyninfer.checkpoint import load_model
 
-        asset = Path(args.root) / "dyninfer" / "assets" / f"{args.model}.safetensors"
+        # the new tree's file for both builds: the same weights, and an older tree may predate the asset
+        asset = Path(args.assets) / f"{args.model}.safetensors"
         model = load_model(asset).eval()
         shape = (3, 32, 32)
     else:
@@ -97,11 +98,11 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"isa": engine.isa, "times": times}))
 
 
-def _run_worker(root: Path, model: str, batches: list[int], runs: int, dump: Path) -> dict:
+def _run_worker(root: Path, model: str, batches: list[int], runs: int, dump: Path, assets: Path) -> dict:
     dump.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--root", str(root), "--model", model,
-           "--runs", str(runs), "--dump", str(dump), "--batches", *map(str, batches)]
+           "--runs", str(runs), "--dump", str(dump), "--assets", str(assets), "--batches", *map(str, batches)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(root), timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"compare_builds: {model} in {root} failed:\n{proc.stderr[-3000:]}")
@@ -121,6 +122,7 @@ def main(argv=None) -> int:
     # worker mode (internal)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
+    ap.add_argument("--assets", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--dump", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -155,7 +157,8 @@ def main(argv=None) -> int:
                 got = {}
                 for side, root in (("old", args.old), ("new", args.new)) if r % 2 == 0 else (("new", args.new),
                                                                                               ("old", args.old)):
-                    got[side] = _run_worker(root.resolve(), model, args.batches, args.runs, Path(tmp) / side / model)
+                    got[side] = _run_worker(root.resolve(), model, args.batches, args.runs, Path(tmp) / side / model,
+                                            args.new.resolve() / "dyninfer" / "assets")
                 for b in map(str, args.batches):
                     times["old"][b].append(got["old"]["times"][b])
                     times["new"][b].append(got["new"]["times"][b])

@@ -112,6 +112,10 @@ class TrainConfig:
     # rest at the rate that keeps the target ratio R overall (ArchitectureControl.set_core). Lowers
     # path entropy: the core filters train on every input. None: every filter is gated
     core_ratio: float | None = None
+    # the gates read their inputs detached (ArchitectureControl.detach_input): no gradient of the
+    # decoupling losses or of the gates' straight-through estimator reaches the backbone's weights,
+    # which train on the task loss (and distillation) alone, as a static mask's do
+    detach_gate_input: bool = False
     autocast: str = "off"  # "bf16": train under CPU bf16 autocast (fast where the CPU has AMX / AVX512_BF16); eval is FP32
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
@@ -559,7 +563,7 @@ _RESUME_FREE = {"resume", "progress", "threads", "num_workers", "out_dir"}
 
 # fields that only a gated run reads: a dense run's resume state ignores them
 _GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "rt_decay",
-               "hard_gates_from", "freeze_gates_from", "core_ratio",
+               "hard_gates_from", "freeze_gates_from", "core_ratio", "detach_gate_input",
                "static_eval"}
 
 
@@ -743,6 +747,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
             hard = frozen or (cfg.hard_gates_from is not None and epoch - 1 >= cfg.hard_gates_from * cfg.epochs)
             for g in gates(model).values():
                 g.hard = hard
+                g.detach_input = cfg.detach_gate_input
                 if frozen:  # no grad -> SGD skips them (no momentum, no weight decay)
                     g.requires_grad_(False)
             criterion.aux_scale = 0.0 if frozen else 1.0
@@ -801,6 +806,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
             _save_resume(resume_path, cfg, epoch, model, criterion, opt, sched, train_loader, history, best)
     for g in gates(model).values():
         g.hard = False  # the returned model trains with SemHash again if trained further
+        g.detach_input = False
     model.eval()
     return TrainResult(config=cfg, model=model, history=history, final=history[-1], best=best,
                        best_path=best_path, last_path=last_path, seconds=time.perf_counter() - t0,

@@ -119,6 +119,25 @@ def test_gate_masks_unselected_channels_exactly():
     assert torch.equal(out[:, [0, 2]], y[:, [0, 2]])
 
 
+def test_detached_gate_input_passes_no_gradient_back():
+    """detach_input: the gate's parameters still get the gradient of a loss on its logits, the unit
+    input gets none; the decisions are the same either way."""
+    torch.manual_seed(0)
+    gate = ArchitectureControl(4, 6)
+    gate.reset_parameters("input")
+    grads = {}
+    for detach in (False, True):
+        gate.zero_grad(set_to_none=True)
+        gate.detach_input = detach
+        x = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        gate.eval()(x)
+        gate.logits.square().sum().backward()
+        grads[detach] = (x.grad, gate.fc1.weight.grad.clone(), gate.z.detach().clone())
+    assert grads[False][0] is not None and grads[False][0].abs().sum() > 0
+    assert grads[True][0] is None
+    assert torch.equal(grads[True][1], grads[False][1]) and torch.equal(grads[True][2], grads[False][2])
+
+
 # ---- decouple() on user models ---------------------------------------------------------------
 def _cbr(cin, cout, k=3):
     return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]

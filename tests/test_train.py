@@ -274,3 +274,31 @@ def test_core_ratio_keeps_a_static_core(tmp_path):
         assert bool(g.z[:, keep].all())
     meta = json.loads((tmp_path / "core" / "config.json").read_text())
     assert meta["core"]["ratio"] == 0.25 and meta["core"]["filters"] == sum(int(m.sum()) for m in masks.values())
+
+
+def test_detached_gate_input_keeps_decoupling_losses_out_of_the_backbone(tmp_path):
+    """detach_gate_input: after one step from the same init, the backbone's weights do not depend on
+    the decoupling losses' weights (only the gates' do); without it they do."""
+    common = dict(model="resnet20", dataset="digits", batch_size=32, train_subset=32, test_subset=8, threads=1,
+                  macs_samples=4, progress=False, epochs=1, static_eval=False, augment=False)
+    dense = train(TrainConfig(gated=False, out_dir=str(tmp_path / "dense"), **common))
+    runs = {}
+    for detach in (False, True):
+        for aux in (0.0, 1.0):
+            run = train(TrainConfig(
+                gated=True, init_checkpoint=str(dense.last_path), detach_gate_input=detach, lambda_bs=aux,
+                lambda_rt=aux, lambda_mi=0.05 * aux, lambda_s=0.02 * aux,
+                out_dir=str(tmp_path / f"g{int(detach)}{aux:g}"), **common))
+            assert not any(g.detach_input for g in dyninfer_gates(run.model).values())  # reset for the caller
+            runs[detach, aux] = run.model.state_dict()
+
+    def split(state):
+        gate = {k: v for k, v in state.items() if "_gate." in k}
+        return gate, {k: v for k, v in state.items() if "_gate." not in k and v.is_floating_point()}
+
+    for detach in (False, True):
+        gate0, body0 = split(runs[detach, 0.0])
+        gate1, body1 = split(runs[detach, 1.0])
+        assert any(not torch.equal(gate0[k], gate1[k]) for k in gate0)
+        same_body = all(torch.equal(body0[k], body1[k]) for k in body0)
+        assert same_body == detach, f"detach_gate_input={detach}: backbone {'differs' if detach else 'unchanged'}"

@@ -104,6 +104,10 @@ class ArchitectureControl(nn.Module):
         # Training-mode decisions are the eval ones (no noise, all samples hard); set by the
         # training loop for the last epochs (TrainConfig.hard_gates_from).
         self.hard = False
+        # The gate reads its input without passing gradient back into it (set by the training loop,
+        # TrainConfig.detach_gate_input): the decoupling losses and the straight-through gradient then
+        # shape the gate's own parameters only, and the backbone trains on the task loss.
+        self.detach_input = False
         # (N,) bool: the static core, filters that are on for every input (set_core), or None.
         # Not saved in the state dict: a core gate's parameters encode it (see set_core).
         self.core: Tensor | None = None
@@ -175,6 +179,8 @@ class ArchitectureControl(nn.Module):
                 f"ArchitectureControl: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         # GAP as adaptive_avg_pool2d (not x.mean) so that fvcore counts it like every other
         # global pool: 1 MAC per input element (dyninfer.flops relies on this).
+        if self.detach_input:
+            x = x.detach()
         s = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, C, 1, 1) -> (B, C)
         return self.fc2(F.relu(self.fc1(s)))  # (B, N)
 
