@@ -6,6 +6,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -227,6 +228,30 @@ class Branches(nn.Module):
         x = self.bn(self.mix(x))  # a standalone BN (the conv output feeds a BN, then no ReLU)
         x = self.pool(x).flatten(1)
         return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("w", [7, 19, 33])
+def test_standalone_batchnorm_is_exact(relu, w):
+    """A BN no conv absorbs runs as the affine kernel: x * scale rounded, then + shift, per pixel, bit
+    for bit as float32 arithmetic without FMA (vector rows with masked tails of every length)."""
+    from dyninfer.compiler.planner import _bn_affine
+
+    torch.manual_seed(w)
+    bn = nn.BatchNorm2d(5)
+    with torch.no_grad():
+        bn.weight.uniform_(-2, 2)
+        bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.2, 3)
+    model = nn.Sequential(bn, *([nn.ReLU()] if relu else []), nn.Flatten()).eval()
+    x = torch.randn(2, 5, 6, w)
+    got = dyninfer.compile(model, input_shape=(5, 6, w))(x).numpy()
+    scale, shift = (t.float().numpy()[None, :, None, None] for t in _bn_affine(bn))
+    want = x.numpy() * scale + shift  # numpy rounds the product, then the sum
+    if relu:
+        want = np.maximum(want, np.float32(0))
+    assert got.tobytes() == want.reshape(2, -1).astype(np.float32).tobytes()
 
 
 @pytest.mark.parametrize("cls,hw", [(Residual, 11), (Branches, 10)])

@@ -123,6 +123,10 @@ bool subsample2(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t d
 // d = relu?(a + b) over an h x w plane (row strides a_wp, b_wp, d_wp); a or b may be null (0).
 void add_planes(Isa isa, const float* a, int64_t a_wp, const float* b, int64_t b_wp, float* d, int64_t d_wp, int h,
                 int w, bool relu);
+// d = relu?(s * scale + shift) over an h x w plane (row strides s_wp, d_wp), the product rounded
+// before the add (no FMA); s may be null: d = relu?(shift). A BN or ReLU that no conv absorbed.
+void affine_plane(Isa isa, const float* s, int64_t s_wp, float scale, float shift, float* d, int64_t d_wp, int h,
+                  int w, bool relu);
 // y[0:rows] = relu?(b + Σ_k x[k] · wt[k][0:rows]) for k in idx[0:nk] (k < nk if idx is null);
 // wt is the FC weight transposed (cols x rows); b may be null.
 void gemv(Isa isa, const float* wt, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows,
@@ -138,6 +142,7 @@ struct KernelTable {
   void (*pool)(const PoolCall&);
   void (*add_planes)(const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, bool);
   bool (*subsample2)(const float*, int64_t, float*, int64_t, int, int);
+  void (*affine_plane)(const float*, int64_t, float, float, float*, int64_t, int, int, bool);
   IsaCaps caps;
 };
 // nullptr where the ISA's kernels are not compiled in (non-x86 builds).

@@ -72,6 +72,12 @@ struct T8 {
   static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  // a * b rounded to float before any later add: the asm keeps the compiler from fusing it into an FMA
+  static V mul_rounded(V a, V b) {
+    V p = _mm256_mul_ps(a, b);
+    asm("" : "+x"(p));
+    return p;
+  }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static void store(float* p, V v) { _mm256_store_ps(p, v); }
   static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
@@ -100,6 +106,7 @@ const KernelTable* kernels_avx2() {
   using T = avx2::T8;
   static const KernelTable table{&avx2::run<T>,  &avx2::im2col<T>,          &avx2::plane_copy<T>, &avx2::gemv<T>,
                                  &avx2::peak<T>, &avx2::pool<T>, &avx2::add_planes<T>, &avx2::subsample2<T>,
+                                 &avx2::affine_plane<T>,
                                  IsaCaps{T::W, T::kHasDeinterleave, false, false, T::kMaxM, 0, 0}};
   return &table;
 }

@@ -37,6 +37,12 @@ struct T16 {
   static V bcast(const float* p) { return _mm512_set1_ps(*p); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  // a * b rounded to float before any later add: the asm keeps the compiler from fusing it into an FMA
+  static V mul_rounded(V a, V b) {
+    V p = _mm512_mul_ps(a, b);
+    asm("" : "+v"(p));
+    return p;
+  }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static void store(float* p, V v) { _mm512_store_ps(p, v); }
   static void storeu(float* p, V v) { _mm512_storeu_ps(p, v); }
@@ -113,6 +119,11 @@ struct T8 {
   static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V mul_rounded(V a, V b) {
+    V p = _mm256_mul_ps(a, b);
+    asm("" : "+v"(p));
+    return p;
+  }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static void store(float* p, V v) { _mm256_store_ps(p, v); }
   static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
@@ -182,6 +193,11 @@ static void add_avx512(const float* a, int64_t aw, const float* b, int64_t bw, f
   avx512::add_planes<avx512::T16>(a, aw, b, bw, d, dw, h, w, relu);
   clean_upper_state();
 }
+static void affine_avx512(const float* s, int64_t sw, float scale, float shift, float* d, int64_t dw, int h, int w,
+                          bool relu) {
+  avx512::affine_plane<avx512::T16>(s, sw, scale, shift, d, dw, h, w, relu);
+  clean_upper_state();
+}
 static void pool_avx512(const PoolCall& p) {
   avx512::pool<avx512::T16>(p);
   clean_upper_state();
@@ -196,7 +212,7 @@ const KernelTable* kernels_avx512() {
   using avx512::T16, avx512::T16P, avx512::T8;
   static const KernelTable table{&conv_avx512, &im2col_avx512, &plane_copy_avx512,
                                  &gemv_avx512, &peak_avx512,   &pool_avx512,    &add_avx512,
-                                 &subsample2_avx512,
+                                 &subsample2_avx512, &affine_avx512,
                                  IsaCaps{T16::W, T16::kHasDeinterleave && T8::kHasDeinterleave, T16P::kPairs, true,
                                          T8::kMaxM, T16::kMaxM, T16P::kMaxM}};
   return &table;

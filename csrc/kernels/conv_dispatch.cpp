@@ -61,6 +61,11 @@ bool subsample2(Isa isa, const float* src, int64_t src_wp, float* dst, int64_t d
   return table(isa).subsample2(src, src_wp, dst, dst_wp, h, w);
 }
 
+void affine_plane(Isa isa, const float* s, int64_t s_wp, float scale, float shift, float* d, int64_t d_wp, int h,
+                  int w, bool relu) {
+  table(isa).affine_plane(s, s_wp, scale, shift, d, d_wp, h, w, relu);
+}
+
 double fma_peak_probe_width(int width, int64_t iters) {
   const Isa isa = detect_isa();
   if (width == 16) return isa == Isa::kAvx512 ? table(Isa::kAvx512).fma_peak(iters) : 0.0;

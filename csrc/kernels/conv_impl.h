@@ -402,6 +402,32 @@ static void add_planes(const float* a, int64_t a_wp, const float* b, int64_t b_w
   }
 }
 
+// d = relu?(s * scale + shift) (see affine_plane in conv.h): the product rounded before the add, as
+// the scalar form computes it; a null s gives the constant relu?(shift). ReLU as in add_planes.
+template <class T>
+static void affine_plane(const float* s, int64_t s_wp, float scale, float shift, float* d, int64_t d_wp, int h,
+                         int w, bool relu) {
+  using V = typename T::V;
+  const V z = T::zero(), vs = T::set1(scale), vb = T::set1(shift);
+  V c = vb;
+  if (relu) c = T::max(c, z);
+  for (int y = 0; y < h; ++y) {
+    const float* rs = s ? s + y * s_wp : nullptr;
+    float* rd = d + y * d_wp;
+    for (int x = 0; x < w; x += T::W) {
+      const int n = w - x < T::W ? w - x : T::W;
+      const uint32_t m = n == T::W ? T::kFull : static_cast<uint32_t>((1ull << n) - 1ull);
+      V v = c;
+      if (rs) {
+        v = T::add(T::mul_rounded(T::load_m(rs + x, m), vs), vb);
+        if (relu) v = T::max(v, z);
+      }
+      if (n == T::W) T::storeu(rd + x, v);
+      else T::store_m(rd + x, v, m);
+    }
+  }
+}
+
 // dst (h x w) = src[2y][2x] (see subsample2 in conv.h): deinterleaving loads, scalar row tails.
 template <class T>
 static bool subsample2(const float* src, int64_t src_wp, float* dst, int64_t dst_wp, int h, int w) {

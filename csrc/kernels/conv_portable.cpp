@@ -43,6 +43,10 @@ struct S8 {
     for (int i = 0; i < W; ++i) a.v[i] += b.v[i];
     return a;
   }
+  static V mul_rounded(V a, V b) {  // this unit is built without FMA, so nothing fuses it with an add
+    for (int i = 0; i < W; ++i) a.v[i] *= b.v[i];
+    return a;
+  }
   static V max(V a, V b) {
     // Same NaN behaviour as _mm256_max_ps: returns the second operand when either is NaN.
     for (int i = 0; i < W; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
@@ -82,7 +86,7 @@ const KernelTable* kernels_portable() {
   using T = portable::S8;
   static const KernelTable table{&portable::run<T>,  &portable::im2col<T>, &portable::plane_copy<T>,
                                  &portable::gemv<T>, &portable::peak<T>,   &portable::pool<T>, &portable::add_planes<T>,
-                                 &portable::subsample2<T>,
+                                 &portable::subsample2<T>, &portable::affine_plane<T>,
                                  IsaCaps{T::W, T::kHasDeinterleave, false, false, T::kMaxM, 0, 0}};
   return &table;
 }

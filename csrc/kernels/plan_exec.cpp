@@ -477,16 +477,10 @@ struct Executor {
         float v = a.shift[c];
         if (a.relu) v = v > 0.f ? v : 0.f;
         if (v == 0.f) continue;  // stays inactive (exactly zero)
-        for (int y = 0; y < bo.H; ++y)
-          for (int x = 0; x < bo.W; ++x) d[y * bo.Wp + x] = v;
+        affine_plane(P.isa_, nullptr, 0, 1.f, a.shift[c], d, bo.Wp, bo.H, bo.W, a.relu);
       } else {
-        const float* s = interior(a.in, static_cast<int>(i));
-        for (int y = 0; y < bo.H; ++y)
-          for (int x = 0; x < bo.W; ++x) {
-            float v = s[y * bi.Wp + x] * a.scale[c] + a.shift[c];
-            if (a.relu) v = v > 0.f ? v : 0.f;
-            d[y * bo.Wp + x] = v;
-          }
+        affine_plane(P.isa_, interior(a.in, static_cast<int>(i)), bi.Wp, a.scale[c], a.shift[c], d, bo.Wp, bo.H,
+                     bo.W, a.relu);
         ++i;
       }
       out_act.push_back(c);
