@@ -177,10 +177,10 @@ class ArchitectureControl(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"ArchitectureControl: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        # GAP as adaptive_avg_pool2d (not x.mean) so that fvcore counts it like every other
-        # global pool: 1 MAC per input element (dyninfer.flops relies on this).
         if self.detach_input:
             x = x.detach()
+        # GAP as adaptive_avg_pool2d (not x.mean) so that fvcore counts it like every other
+        # global pool: 1 MAC per input element (dyninfer.flops relies on this).
         s = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, C, 1, 1) -> (B, C)
         return self.fc2(F.relu(self.fc1(s)))  # (B, N)
 
