@@ -668,6 +668,8 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
         for k, g in gates(model).items():
             g.set_core(core[k])
     core_gates = list(gates(model).values()) if core is not None else []
+    for g in gates(model).values():  # for the whole run; the returned model's gates are reset below
+        g.detach_input = cfg.detach_gate_input
     if cfg.freeze_gates:
         for g in gates(model).values():
             g.requires_grad_(False)
@@ -747,7 +749,6 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
             hard = frozen or (cfg.hard_gates_from is not None and epoch - 1 >= cfg.hard_gates_from * cfg.epochs)
             for g in gates(model).values():
                 g.hard = hard
-                g.detach_input = cfg.detach_gate_input
                 if frozen:  # no grad -> SGD skips them (no momentum, no weight decay)
                     g.requires_grad_(False)
             criterion.aux_scale = 0.0 if frozen else 1.0
