@@ -128,12 +128,14 @@ class CompiledModel:
 
 
 def compile(model: nn.Module, gates: str = "learned", input_shape: Sequence[int] | None = None,
-            force_keep: float | None = None) -> CompiledModel:
+            force_keep: float | None = None, example_input: torch.Tensor | None = None) -> CompiledModel:
     """Compile a (gated) model in eval mode into a CompiledModel.
 
     gates: "learned" evaluates every gate per sample; "open" keeps every channel (dense mode,
     the same kernels with all gates open, for comparison with dense runtimes).
-    input_shape: (C, H, W); defaults to the registered model's input size.
+    example_input: a (B, C, H, W) tensor of the inputs the engine will run, as torch.export and
+    ONNX export take one; the engine runs inputs of that C x H x W at any batch size.
+    input_shape: (C, H, W) instead of an example; defaults to the registered model's input size.
     force_keep: keep exactly round(force_keep·N) channels (highest gate logits) in every gated
     layer — density sweeps.
     """
@@ -142,9 +144,18 @@ def compile(model: nn.Module, gates: str = "learned", input_shape: Sequence[int]
     if model.training:
         raise ValueError("dyninfer.compile: the model is in training mode; call model.eval() first "
                          "(the engine folds BN running statistics and uses eval-mode gates)")
+    if example_input is not None:
+        if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+            got = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+            raise ValueError(f"dyninfer.compile: example_input must be a (B, C, H, W) tensor, got {got}")
+        ex_shape = tuple(int(d) for d in example_input.shape[1:])
+        if input_shape is not None and tuple(input_shape) != ex_shape:
+            raise ValueError(f"dyninfer.compile: input_shape={tuple(input_shape)} disagrees with example_input of "
+                             f"shape {tuple(example_input.shape)}; pass one of them")
+        input_shape = ex_shape
     shape = tuple(input_shape) if input_shape is not None else _default_input_shape(model)
     if shape is None or len(shape) != 3:
-        raise ValueError("dyninfer.compile: pass input_shape=(C, H, W) for models not created by "
-                         f"dyninfer.models.create_model (got {input_shape})")
+        raise ValueError("dyninfer.compile: pass example_input=x (a (B, C, H, W) tensor) or input_shape=(C, H, W) "
+                         f"for models not created by dyninfer.models.create_model (got {input_shape})")
     spec = build_plan(model, shape, force_keep=force_keep)
     return CompiledModel.from_plan(spec, gates)

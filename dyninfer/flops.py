@@ -23,16 +23,20 @@ ShortcutA stay single nodes), runs it once in eval mode with shape propagation, 
                        cost 2 (or 1) × live channels × H·W. A BN not fed by a conv: all live.
       gate             GAP and fc1 over live input channels only (dead channels add 0 to s and
                        to fc1), fc2 dense; output liveness = unit liveness AND z > 0
-      adaptive_avg_pool2d  live input channels × H_in·W_in; keeps liveness
+      adaptive_avg_pool2d  live input channels × H_in·W_in; keeps liveness (so does a mean over
+                       the spatial dims, x.mean((2, 3)), which is the same global average pool)
       linear           live input features × out_features; output all live
       relu, max/avg pool, dropout, identity, contiguous   keep liveness, 0 MACs
       add / sub        union of the tensor operands (a nonzero scalar makes everything live), 0 MACs
       mul              intersection of the tensor operands, 0 MACs
       cat              concatenation along dim 1 (union along spatial dims), 0 MACs
-      flatten(1)       channel liveness repeated over H·W features, 0 MACs
+      flatten(1)       channel liveness repeated over H·W features, 0 MACs (also view/reshape
+                       to (B, C·H·W); any other reshape: all live)
       ShortcutA        subsampled input, the 2·pad zero channels dead, 0 MACs
 
   With every gate open all channels stay live and ``effective == dense`` exactly.
+  Every spelling of these ops (module, function, tensor method) is recognised through the one op
+  table decouple() and the engine's planner read too (dyninfer.nn.graph.classify).
   Any other op is counted 0 MACs with all outputs live and is listed in ``report.unsupported``
   (``strict=True`` raises instead): nothing is skipped silently. Ops deliberately treated as
   zero-cost are listed in ``report.zero_cost``.
@@ -43,20 +47,18 @@ Units: MACs (the paper's "FLOPs"). For dense CIFAR ResNet-56 at 32×32: 125,485,
 from __future__ import annotations
 
 import math
-import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .nn.decouple import gate_name, is_relu, trace
+from .nn.decouple import gate_name, trace
+from .nn.graph import NodeOp, classify
 from .nn.gates import ArchitectureControl
-from .nn.layers import ShortcutA
 
 __all__ = ["count_macs", "MacReport", "LayerMacs", "FVCORE_HANDLES", "fvcore_analysis"]
 
@@ -154,19 +156,6 @@ class MacReport:
 
 
 # ---- node classification ---------------------------------------------------------------------
-
-_KEEP_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Identity, nn.Dropout)
-_KEEP_FUNCS = {F.max_pool2d, F.avg_pool2d, F.dropout, torch.max_pool2d, torch._C._nn.avg_pool2d}
-_KEEP_METHODS = {"contiguous", "clone", "detach", "relu", "relu_"}
-_ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
-_MUL = {operator.mul, operator.imul, torch.mul}
-_SHAPE_ONLY = {getattr, operator.getitem}
-_SHAPE_METHODS = {"size", "dim"}
-
-
-def _name(target: Any) -> str:
-    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
-
 
 def _shape(node: Any) -> torch.Size | None:
     if not isinstance(node, fx.Node):
@@ -296,90 +285,73 @@ class _Counter:
         self.unsupported[label] += 1
         self.set(node, None)
 
-    # dispatch
+    # dispatch: every spelling of an op reaches the same rule (dyninfer.nn.graph.classify)
     def run(self) -> None:
         for node in self.gm.graph.nodes:
-            if node.op in ("placeholder", "output", "get_attr"):
-                self.set(node, None)
-            elif node.op == "call_module":
-                self.module(node, self.modules[node.target])
-            elif node.op == "call_function":
-                self.function(node)
-            elif node.op == "call_method":
-                self.method(node)
-            else:  # pragma: no cover - fx has no other opcodes
-                self.unknown(node, node.op)
+            self.node(node, classify(node, self.modules))
 
-    def module(self, node: fx.Node, m: nn.Module) -> None:
-        args = node.args
-        label = type(m).__name__
-        if isinstance(m, ArchitectureControl):
+    def node(self, node: fx.Node, op: NodeOp) -> None:
+        k, x, p, m, label = op.kind, op.x, op.params, op.module, op.label
+        if k in ("placeholder", "output", "get_attr"):
+            self.set(node, None)
+        elif k == "gate":
             self.gate(node, m)
-        elif isinstance(m, nn.Conv2d):
-            self.conv(node, args[0], m.weight.shape, m.groups, node.target)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            self.batch_norm(node, args[0], m.affine)
-        elif isinstance(m, nn.Linear):
-            self.linear(node, args[0], m.out_features)
-        elif isinstance(m, nn.AdaptiveAvgPool2d):
-            self.adaptive_avg_pool(node, args[0])
-        elif isinstance(m, _KEEP_MODULES):
-            self.zero(node, label, self.get(args[0]))
-        elif isinstance(m, ShortcutA):
-            lin = self.get(args[0])
+        elif k == "conv":
+            if m is not None:
+                self.conv(node, x, m.weight.shape, m.groups, node.target)
+            else:
+                self.conv(node, x, _shape(p["weight"]), p["groups"], None)
+        elif k == "batch_norm":
+            self.batch_norm(node, x, m.affine if m is not None else p["weight"] is not None)
+        elif k == "linear":
+            self.linear(node, x, m.out_features if m is not None else _shape(p["weight"])[0])
+        elif k == "adaptive_avg_pool":
+            self.adaptive_avg_pool(node, x)
+        elif k == "mean":
+            self.mean(node, x, p["dims"], label)
+        elif k in ("relu", "max_pool", "avg_pool", "identity"):
+            self.zero(node, label, self.get(x))
+        elif k == "shortcut":
+            lin = self.get(x)
             pad = torch.zeros(lin.shape[0], m.pad_channels, dtype=torch.bool)
             self.zero(node, label, torch.cat([pad, lin, pad], dim=1))
-        elif isinstance(m, nn.Flatten):
-            self.flatten(node, args[0], m.start_dim, label)
-        else:
-            self.unknown(node, label)
-
-    def function(self, node: fx.Node) -> None:
-        t, args, kw = node.target, node.args, node.kwargs
-        label = _name(t)
-        if t in (F.conv2d, torch.conv2d):
-            groups = kw.get("groups", args[6] if len(args) > 6 else 1)
-            self.conv(node, args[0], _shape(args[1]), groups, None)
-        elif t is F.batch_norm:
-            weight = kw.get("weight", args[3] if len(args) > 3 else None)
-            self.batch_norm(node, args[0], weight is not None)
-        elif t is F.linear:
-            self.linear(node, args[0], _shape(args[1])[0])
-        elif t in (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d):
-            self.adaptive_avg_pool(node, args[0])
-        elif is_relu(node, self.modules) or t in _KEEP_FUNCS:
-            self.zero(node, label, self.get(args[0]))
-        elif t in _ADD:
+        elif k == "flatten":
+            self.flatten(node, x, p["start_dim"], label)
+        elif k in ("add", "sub"):
+            args = p["operands"]
             lives = [self.get(a) for a in args if isinstance(a, fx.Node)]
             nonzero_scalar = any(not isinstance(a, fx.Node) and not _scalar_zero(a) for a in args)
-            live = None if nonzero_scalar else _combine(lives, torch.logical_or)
-            self.zero(node, label, live)
-        elif t in _MUL:
-            lives = [self.get(a) for a in args if isinstance(a, fx.Node)]
+            self.zero(node, label, None if nonzero_scalar else _combine(lives, torch.logical_or))
+        elif k == "mul":
+            lives = [self.get(a) for a in p["operands"] if isinstance(a, fx.Node)]
             self.zero(node, label, _combine(lives, torch.logical_and))
-        elif t is torch.cat:
+        elif k == "cat":
             self.cat(node, label)
-        elif t is torch.flatten:
-            self.flatten(node, args[0], kw.get("start_dim", args[1] if len(args) > 1 else 0), label)
-        elif t in _SHAPE_ONLY:
+        elif k == "reshape":
+            self.zero(node, label, self.reshaped(node, x))
+        elif k == "shape":
             self.zero(node, label, None)
         else:
             self.unknown(node, label)
 
-    def method(self, node: fx.Node) -> None:
-        t, args, kw = node.target, node.args, node.kwargs
-        if t in _KEEP_METHODS:
-            self.zero(node, t, self.get(args[0]))
-        elif t == "flatten":
-            self.flatten(node, args[0], kw.get("start_dim", args[1] if len(args) > 1 else 0), t)
-        elif t in _SHAPE_METHODS:
-            self.zero(node, t, None)
-        elif t in ("add", "add_"):
-            self.zero(node, t, _combine([self.get(a) for a in args if isinstance(a, fx.Node)], torch.logical_or))
-        elif t in ("view", "reshape"):
-            self.zero(node, t, None)  # liveness of reshaped channels unknown: all live
-        else:
-            self.unknown(node, f"Tensor.{t}")
+    def mean(self, node: fx.Node, x: fx.Node, dims: tuple[int, ...], label: str) -> None:
+        """A mean over the spatial dims is a global average pool (fvcore: one per input element,
+        as adaptive_avg_pool2d); over other dims it has no rule."""
+        xs = _shape(x)
+        if xs is None or len(xs) != 4 or dims != (2, 3):
+            return self.unknown(node, label)
+        lin = self.get(x)
+        self.add_layer(node, "adaptive_avg_pool2d", _numel(xs), lin.sum(1) * math.prod(xs[2:]))
+        self.set(node, lin)
+
+    def reshaped(self, node: fx.Node, x: fx.Node) -> Tensor | None:
+        """Liveness through view/reshape: (B, C, H, W) -> (B, C·H·W) is a flatten; else all live."""
+        xs, s = _shape(x), _shape(node)
+        lin = self.get(x)
+        if xs is not None and s is not None and lin is not None and len(xs) >= 2 and len(s) == 2 \
+                and s[0] == xs[0] and s[1] == _numel(xs):
+            return lin.repeat_interleave(math.prod(xs[2:]), dim=1)
+        return None
 
     def cat(self, node: fx.Node, label: str) -> None:
         tensors = node.args[0]

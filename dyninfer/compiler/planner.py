@@ -13,28 +13,22 @@ reading the gate's own input buffer.
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UnsupportedLayerError
 from ..nn.decouple import DyninferTracer, is_relu
 from ..nn.gates import ArchitectureControl
-from ..nn.layers import ShortcutA
+from ..nn.graph import NodeOp, classify
 
 # op kind names of the wire schema (csrc/kernels/plan_schema.h)
 CONV, GATE, MAXPOOL, AVGPOOL, LINEAR, CONCAT, ADD, AFFINE, SHORTCUT = (
     "conv", "gate", "maxpool", "avgpool", "linear", "concat", "add", "affine", "shortcut")
 
-_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
-_CAT_FUNCS = {torch.cat, torch.concat}
-_FLATTEN_FUNCS = {torch.flatten}
-_ALIAS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten)
 
 
 _SCHEMA: dict | None = None
@@ -218,10 +212,17 @@ class _Builder:
     def is_module(self, node: fx.Node | None, cls) -> bool:
         return node is not None and node.op == "call_module" and isinstance(self.modules[node.target], cls)
 
+    def op(self, node: fx.Node) -> NodeOp:
+        return classify(node, self.modules)
+
     def is_add(self, node: fx.Node | None) -> bool:
-        return (node is not None and node.op == "call_function" and node.target in _ADD_FUNCS
-                and len(node.args) == 2 and not node.kwargs
-                and all(isinstance(a, fx.Node) for a in node.args))
+        if node is None:
+            return False
+        op = self.op(node)
+        return op.kind == "add" and all(isinstance(a, fx.Node) for a in op.params["operands"])
+
+    def operands(self, node: fx.Node) -> tuple[fx.Node, fx.Node]:
+        return self.op(node).params["operands"]
 
     # -- conv chains -----------------------------------------------------------------------------
     def conv_chain(self, conv: fx.Node, claimed: set) -> dict:
@@ -251,7 +252,8 @@ class _Builder:
             ch["nodes"].append(cur)
             nxt = only_user(cur)
         if not relu_before and self.is_add(nxt):
-            other = nxt.args[1] if nxt.args[0] is cur else nxt.args[0]
+            a, b = self.operands(nxt)
+            other = b if a is cur else a
             if other is not cur:
                 ch["res"] = other
                 cur = nxt
@@ -308,38 +310,41 @@ class _Builder:
         self.env[ch["end"]] = ("act", out)
 
     # -- other layers ------------------------------------------------------------------------------
-    def emit_pool(self, node: fx.Node, m: nn.Module) -> None:
-        x = self.act(node.args[0], node)
+    def emit_pool(self, node: fx.Node, op: NodeOp) -> None:
+        p = op.params
+        x = self.act(op.x, node)
         out = self.new_buffer(node)
         bi, bo = self.buffers[x], self.buffers[out]
-        if isinstance(m, nn.MaxPool2d):
-            if _pair(m.dilation) != (1, 1):
+        if op.kind == "max_pool":
+            if _pair(p["dilation"]) != (1, 1):
                 raise self.unsupported(node, "dilated max pooling is not supported")
-            if m.return_indices:
+            if p["return_indices"]:
                 raise self.unsupported(node, "return_indices=True is not supported")
-            kh, kw = _pair(m.kernel_size)
-            sh, sw = _pair(m.stride if m.stride is not None else m.kernel_size)
-            ph, pw = _pair(m.padding)
+            kh, kw = _pair(p["kernel_size"])
+            sh, sw = _pair(p["stride"] if p["stride"] not in (None, (), []) else p["kernel_size"])
+            ph, pw = _pair(p["padding"])
             # A zero border covering the padding (and a ceil_mode overhang) lets the runtime pool
             # values >= 0 with vector loads in place: a padded 0 never exceeds the window's max.
             over = max(ph, pw, (bo.H - 1) * sh - ph + kh - bi.H, (bo.W - 1) * sw - pw + kw - bi.W)
             if over <= 3:
                 self.direct_pad[x] = max(self.direct_pad.get(x, 0), over)
             self.emit(MAXPOOL, dict(input=x, output=out, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw), [x], out)
-        elif isinstance(m, nn.AvgPool2d):
-            kh, kw = _pair(m.kernel_size)
-            sh, sw = _pair(m.stride if m.stride is not None else m.kernel_size)
-            ph, pw = _pair(m.padding)
+        elif op.kind == "avg_pool":
+            kh, kw = _pair(p["kernel_size"])
+            sh, sw = _pair(p["stride"] if p["stride"] not in (None, (), []) else p["kernel_size"])
+            ph, pw = _pair(p["padding"])
             self.emit(AVGPOOL, dict(input=x, output=out, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
-                                    count_include_pad=int(m.count_include_pad), divisor=int(m.divisor_override or 0)),
-                      [x], out)
-        else:  # AdaptiveAvgPool2d with an output that tiles the input exactly
+                                    count_include_pad=int(p["count_include_pad"]),
+                                    divisor=int(p["divisor_override"] or 0)), [x], out)
+        else:  # adaptive pooling with an output that tiles the input exactly, or a spatial mean
             if bi.H % bo.H or bi.W % bo.W:
                 raise self.unsupported(node, f"adaptive pooling {bi.H}x{bi.W} -> {bo.H}x{bo.W} does not tile evenly")
             kh, kw = bi.H // bo.H, bi.W // bo.W
             self.emit(AVGPOOL, dict(input=x, output=out, kh=kh, kw=kw, sh=kh, sw=kw, ph=0, pw=0, count_include_pad=0,
                                     divisor=0), [x], out)
-        self.env[node] = ("act", out)
+        # a mean without keepdim leaves (B, C): the same memory as (B, C, 1, 1), read as features
+        flat = op.kind == "mean" and not p["keepdim"]
+        self.env[node] = ("flat" if flat else "act", out)
 
     def emit_linear(self, node: fx.Node, m: nn.Linear) -> None:
         src = node.args[0]
@@ -405,47 +410,70 @@ class _Builder:
                     raise self.unsupported(node, "the model must return a single tensor")
                 self.output = self.env[res][1]
                 self.output_shape = self.shape(res)[1:]
-            elif op == "call_module":
-                self.call_module(node, self.modules[node.target])
-            elif op == "call_function" or op == "call_method":
-                self.call_function(node)
+            elif op in ("call_module", "call_function", "call_method"):
+                self.dispatch(node, self.op(node))
             else:
                 raise self.unsupported(node, "unknown fx node kind")
 
-    def call_module(self, node: fx.Node, m: nn.Module) -> None:
-        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-            self.emit_pool(node, m)
-        elif isinstance(m, nn.Linear):
+    def alias(self, node: fx.Node, src: fx.Node, kind: str | None = None) -> None:
+        """``node`` is ``src``'s value under another name (kind 'flat' once flattened)."""
+        if src not in self.env:
+            raise self.unsupported(node, f"its input '{getattr(src, 'name', src)}' was not produced by a supported layer")
+        k, b = self.env[src]
+        self.env[node] = (kind or k, b)
+
+    def flatten_to_features(self, node: fx.Node, src: fx.Node, what: str) -> None:
+        """flatten / view / reshape: only (B, C, H, W) -> (B, C·H·W) (or a no-op on (B, F))."""
+        s = self.shape(node)
+        if src not in self.env:
+            raise self.unsupported(node, f"its input '{getattr(src, 'name', src)}' was not produced by a supported layer")
+        bi = self.buffers[self.env[src][1]]
+        if len(s) != 2 or s[1] != bi.C * bi.H * bi.W:
+            raise self.unsupported(node, f"{what}: only flattening to (B, C*H*W) = (B, {bi.C * bi.H * bi.W}) is "
+                                         f"supported, got shape {tuple(s)}")
+        self.env[node] = ("flat", self.env[src][1])
+
+    def dispatch(self, node: fx.Node, op: NodeOp) -> None:
+        k, p, m = op.kind, op.params, op.module
+        if k in ("max_pool", "avg_pool", "adaptive_avg_pool"):
+            self.emit_pool(node, op)
+        elif k == "mean":
+            if p["dims"] != (2, 3) or len(self.shape(op.x)) != 4:
+                raise self.unsupported(node, f"mean over dims {p['dims']}: only the spatial mean x.mean((2, 3)) "
+                                             "(a global average pool) is supported")
+            self.emit_pool(node, op)
+        elif k == "linear":
+            if m is None:
+                raise self.unsupported(node, "functional F.linear with a weight read in forward; use nn.Linear")
             self.emit_linear(node, m)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif k == "batch_norm":
+            if not isinstance(m, nn.BatchNorm2d):
+                raise self.unsupported(node, "only nn.BatchNorm2d modules (in eval mode) are supported as batch norm")
             scale, shift = _bn_affine(m)
             self.emit_affine(node, scale, shift, False)
-        elif isinstance(m, nn.ReLU):
-            c = self.buffers[self.act(node.args[0], node)].C
+        elif k == "relu":
+            c = self.buffers[self.act(op.x, node)].C
             self.emit_affine(node, torch.ones(c), torch.zeros(c), True)
-        elif isinstance(m, ShortcutA):
-            x = self.act(node.args[0], node)
+        elif k == "shortcut":
+            x = self.act(op.x, node)
             out = self.new_buffer(node)
             self.emit(SHORTCUT, dict(input=x, output=out, stride=m.stride, pad_channels=m.pad_channels), [x], out)
             self.env[node] = ("act", out)
-        elif isinstance(m, _ALIAS_MODULES):
-            src = node.args[0]
-            if src not in self.env:
-                raise self.unsupported(node, f"its input '{src.name}' was not produced by a supported layer")
-            kind, b = self.env[src]
-            self.env[node] = ("flat" if isinstance(m, nn.Flatten) else kind, b)
-        elif isinstance(m, ArchitectureControl):
-            raise self.unsupported(node, "a gate must follow its conv->BN(->ReLU) unit directly "
-                                         "(as dyninfer.decouple places it)")
-        else:
-            raise self.unsupported(node, "this layer type is not supported by the engine")
-
-    def call_function(self, node: fx.Node) -> None:
-        t = node.target
-        if node.op == "call_function" and t in _ADD_FUNCS or node.op == "call_method" and t in ("add", "add_"):
-            if len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args) or node.kwargs:
+        elif k == "identity":
+            if p.get("training"):
+                raise self.unsupported(node, "dropout with training=True drops activations at inference too; "
+                                             "write F.dropout(x, p, training=self.training) or use nn.Dropout")
+            self.alias(node, op.x)
+        elif k == "flatten":
+            self.flatten_to_features(node, op.x, f"flatten(start_dim={p['start_dim']}, end_dim={p['end_dim']})")
+        elif k == "reshape":
+            self.flatten_to_features(node, op.x, op.label)
+        elif k == "shape":
+            pass  # shape queries feed view/reshape; they produce no tensor
+        elif k == "add":
+            if not all(isinstance(a, fx.Node) for a in p["operands"]):
                 raise self.unsupported(node, "only tensor + tensor additions are supported")
-            a, b = (self.act(x, node) for x in node.args)
+            a, b = (self.act(x, node) for x in p["operands"])
             relu_node = self.only_user(node)
             relu = relu_node is not None and is_relu(relu_node, self.modules)
             end = relu_node if relu else node
@@ -454,34 +482,22 @@ class _Builder:
             self.env[end] = ("act", out)
             if relu:
                 self.fused.add(relu_node)
-        elif is_relu(node, self.modules):
-            c = self.buffers[self.act(node.args[0], node)].C
-            self.emit_affine(node, torch.ones(c), torch.zeros(c), True)
-        elif node.op == "call_function" and t in _CAT_FUNCS:
-            tensors = node.args[0]
-            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        elif k == "cat":
+            dim = p["dim"]
             if dim not in (1, -3):
                 raise self.unsupported(node, f"concatenation along dim {dim}; only channels (dim=1) are supported")
-            ins = [self.act(x, node) for x in tensors]
+            ins = [self.act(x, node) for x in p["tensors"]]
             out = self.new_buffer(node)
             self.emit(CONCAT, dict(output=out), ins, out, tail=ins)
             self.env[node] = ("act", out)
-        elif (node.op == "call_function" and t in _FLATTEN_FUNCS) or (
-                node.op == "call_method" and t in ("flatten", "view", "reshape")):
-            s = self.shape(node)
-            src = node.args[0]
-            if src not in self.env:
-                raise self.unsupported(node, f"its input '{src.name}' was not produced by a supported layer")
-            bi = self.buffers[self.env[src][1]]
-            if len(s) != 2 or s[1] != bi.C * bi.H * bi.W:
-                raise self.unsupported(node, f"only flattening to (B, C*H*W) is supported, got shape {s}")
-            self.env[node] = ("flat", self.env[src][1])
-        elif node.op == "call_method" and t == "size" or node.op == "call_function" and t is getattr:
-            pass  # shape queries feed view/reshape; they produce no tensor
-        elif node.op == "call_function" and t is F.adaptive_avg_pool2d:
-            raise self.unsupported(node, "use nn.AdaptiveAvgPool2d modules instead of the functional form")
+        elif k == "gate":
+            raise self.unsupported(node, "a gate must follow its conv->BN(->ReLU) unit directly "
+                                         "(as dyninfer.decouple places it)")
+        elif k == "conv":
+            raise self.unsupported(node, "functional F.conv2d with a weight read in forward; use nn.Conv2d")
         else:
-            raise self.unsupported(node, "this operation is not supported by the engine")
+            why = p.get("why", "")
+            raise self.unsupported(node, "this operation is not supported by the engine" + (f" ({why})" if why else ""))
 
     # -- memory ------------------------------------------------------------------------------------
     def assign_memory(self) -> None:

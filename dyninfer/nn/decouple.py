@@ -16,10 +16,10 @@ from typing import Iterable
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from .gates import ArchitectureControl
+from .graph import classify
 
 __all__ = ["decouple", "DecoupleError", "DyninferTracer", "gates", "calculation_path", "gate_name", "LEAF_MODULES"]
 
@@ -57,17 +57,9 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, name)
 
 
-_RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
-
-
 def is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[node.target], nn.ReLU)
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCS
-    if node.op == "call_method":
-        return node.target in ("relu", "relu_")
-    return False
+    """True for every spelling of ReLU (module, function, tensor method; in place or not)."""
+    return classify(node, modules).kind == "relu"
 
 
 def gate_name(conv_path: str) -> str:
@@ -84,7 +76,7 @@ def _units(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
     modules = dict(gm.named_modules())
     units = []
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.Conv2d):
+        if node.op != "call_module" or classify(node, modules).kind != "conv":
             continue
         bn = _only_user(node)
         if bn is None or bn.op != "call_module" or not isinstance(modules[bn.target], nn.BatchNorm2d):
@@ -98,6 +90,37 @@ def _units(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
     return units
 
 
+_DROPOUT_MODULE = {"dropout": nn.Dropout, "dropout1d": nn.Dropout1d, "dropout2d": nn.Dropout2d,
+                   "dropout3d": nn.Dropout3d, "alpha_dropout": nn.AlphaDropout,
+                   "feature_alpha_dropout": nn.FeatureAlphaDropout}
+
+
+def _modularise_dropout(gm: fx.GraphModule) -> None:
+    """Functional dropout becomes a dropout module that follows train()/eval().
+
+    fx records ``F.dropout(x, p, training=self.training)`` with the value ``self.training`` had
+    while tracing, so the decoupled model would drop activations in eval mode (traced in
+    training) or never (traced in eval). As a module it follows the decoupled model's mode."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        op = classify(node, modules)
+        cls = _DROPOUT_MODULE.get(op.label)
+        if op.kind != "identity" or node.op != "call_function" or cls is None:
+            continue
+        p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+        name, i = "dropout", 0
+        while name in modules:
+            i += 1
+            name = f"dropout_{i}"
+        mod = cls(p=float(p))
+        gm.add_submodule(name, mod)
+        modules[name] = mod
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (op.x,))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+
+
 def _is_last_layer(conv: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """True when no conv or linear layer runs after ``conv`` on any path to the output."""
     stack, seen = list(conv.users), set()
@@ -106,9 +129,7 @@ def _is_last_layer(conv: fx.Node, modules: dict[str, nn.Module]) -> bool:
         if n in seen:
             continue
         seen.add(n)
-        if n.op == "call_module" and isinstance(modules[n.target], (nn.Conv2d, nn.Linear)):
-            return False
-        if n.op == "call_function" and n.target in (F.linear, F.conv2d):
+        if classify(n, modules).kind in ("conv", "linear"):
             return False
         stack.extend(n.users)
     return True
@@ -118,10 +139,13 @@ def decouple(model: nn.Module, reduction: int = 4, skip: Iterable[str] = ()) -> 
     """Return a gated copy-free view of ``model``: a GraphModule sharing its parameters.
 
     ``skip`` names conv paths to leave ungated in addition to the first and last layer.
+    Functional dropout (``F.dropout(x, p, training=self.training)``) becomes a dropout module
+    (``dropout``, ``dropout_1``, ...), so the decoupled model's train()/eval() switches it.
     Raises DecoupleError naming the module when the model cannot be traced or when a conv that
     must be gated is not followed by a BatchNorm2d.
     """
     gm = trace(model)
+    _modularise_dropout(gm)
     modules = dict(gm.named_modules())
     skip = set(skip)
     units = _units(gm)
