@@ -2,6 +2,8 @@
 throughput of the trained ResNet-56.
 
     python benchmarks/scaling.py [--out-dir benchmarks/results] [--budget 10]
+    python benchmarks/scaling.py --models mobilenet_v2_cifar resnext50_32x4d mobilenet_v2 resnet50 \
+        --no-batch-scaling --eager-budget 30 --tag families      # the CNN families: scaling_families.json
 
 Part 1, density sweep (1 thread, batch 1, torch.set_num_threads(1), ORT intra/inter-op 1):
   models ResNet-20/56/110, vgg16_cifar, googlenet_cifar (3×32×32, digits test images) and
@@ -41,6 +43,7 @@ from dyninfer.flops import count_macs
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "dyninfer" / "assets" / "resnet56_digits_dynamic.safetensors"
 MODELS = ("resnet20", "resnet56", "resnet110", "vgg16_cifar", "googlenet_cifar", "resnet18", str(ASSET))
+FAMILIES = ("mobilenet_v2_cifar", "resnext50_32x4d", "mobilenet_v2", "resnet50")
 SWEEP = (1.0, 0.75, 0.5, 0.25)
 BATCHES = (1, 2, 4, 8, 16, 32)
 EAGER_BUDGET_S = 2.0
@@ -53,7 +56,7 @@ def _one_call(fn, x) -> float:
     return time.perf_counter() - t0
 
 
-def sweep_model(source: str, budget: float, log) -> dict:
+def sweep_model(source: str, budget: float, log, eager_budget: float = EAGER_BUDGET_S) -> dict:
     dense, gated, desc = load_models(source, None)
     name = desc["name"]
     xs = bench_inputs(name, 1)
@@ -77,7 +80,7 @@ def sweep_model(source: str, budget: float, log) -> dict:
         block = 10 if runs >= 100 else 5
         t_eager = _one_call(dense, xs[0])
         eager_cost = t_eager * (runs + warmup + runs / block)
-        if eager_cost < EAGER_BUDGET_S:
+        if eager_cost < eager_budget:
             runners["pytorch"] = dense
             macs["pytorch"] = macs["onnxruntime"]
         peak = fma_peak_gflops(50_000_000)
@@ -100,7 +103,7 @@ def sweep_model(source: str, budget: float, log) -> dict:
             "input_shape": list(xs[0].shape), "runs": runs, "block": block, "warmup": warmup,
             "peak_gflops_single_core": peak, "macs_dense": macs["onnxruntime"],
             "pytorch_eager": "timed" if "pytorch" in timing else
-            f"skipped: one call {t_eager * 1e3:.1f} ms, estimated {eager_cost:.1f} s > {EAGER_BUDGET_S} s",
+            f"skipped: one call {t_eager * 1e3:.1f} ms, estimated {eager_cost:.1f} s > {eager_budget} s",
             "points": points, "fit_ms_per_mmac": fit, "seconds": took}
 
 
@@ -198,7 +201,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--budget", type=float, default=10.0, help="seconds of timed rounds per model (part 1)")
+    ap.add_argument("--models", nargs="+", default=list(MODELS),
+                    help=f"registered names or checkpoints (default: {' '.join(MODELS[:-1])} and the shipped "
+                         f"ResNet-56; the CNN families: {' '.join(FAMILIES)})")
+    ap.add_argument("--eager-budget", type=float, default=EAGER_BUDGET_S,
+                    help="time PyTorch eager when its calls are estimated below this many seconds")
+    ap.add_argument("--no-batch-scaling", action="store_true", help="skip part 2")
+    ap.add_argument("--tag", default="", help="write scaling_<tag>.json and plots instead of scaling.json")
     args = ap.parse_args()
+    for src in args.models:
+        if not Path(src).is_file() and src not in dyninfer.list_models():
+            ap.error(f"--models: {src!r} is neither a checkpoint file nor a registered model "
+                     f"({', '.join(dyninfer.list_models())})")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -209,15 +223,17 @@ def main() -> int:
     t_start = time.perf_counter()
     log = lambda s: print(s, flush=True)  # noqa: E731
 
-    models = [sweep_model(src, args.budget, log) for src in MODELS]
+    models = [sweep_model(src, args.budget, log, args.eager_budget) for src in args.models]
     eng = [p for m in models for p in m["points"] if p["runner"].startswith("engine")]
     fit = linear_fit([p["macs_per_sample"] / 1e6 for p in eng], [p["median_ms"] for p in eng])
-    small = [p for m in models if m["model"] != "resnet18" for p in m["points"] if p["runner"].startswith("engine")]
-    fit_cifar = linear_fit([p["macs_per_sample"] / 1e6 for p in small], [p["median_ms"] for p in small])
+    small = [p for m in models if m["input_shape"][-1] == 32 for p in m["points"] if p["runner"].startswith("engine")]
+    fit_cifar = linear_fit([p["macs_per_sample"] / 1e6 for p in small],
+                           [p["median_ms"] for p in small]) if len(small) >= 2 else None
     log(f"fit over {fit['n']} engine points: latency_ms = {fit['slope']:.5f} · MMACs + {fit['intercept']:.4f}, "
-        f"R² {fit['r2']:.5f}; 32×32 models only ({fit_cifar['n']}): {fit_cifar['slope']:.5f} · MMACs + "
-        f"{fit_cifar['intercept']:.4f}, R² {fit_cifar['r2']:.5f}")
-    bs = batch_scaling(log)
+        f"R² {fit['r2']:.5f}" + ("" if fit_cifar is None else
+                                 f"; 32×32 models only ({fit_cifar['n']}): {fit_cifar['slope']:.5f} · MMACs + "
+                                 f"{fit_cifar['intercept']:.4f}, R² {fit_cifar['r2']:.5f}"))
+    bs = None if args.no_batch_scaling else batch_scaling(log)
 
     result = {
         "command": " ".join(["python"] + [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
@@ -231,11 +247,12 @@ def main() -> int:
         "batch_scaling": bs,
         "seconds_total": time.perf_counter() - t_start,
     }
-    (out / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_sweep(models, fit, out / "scaling_latency_vs_macs.png")
-    plot_throughput(bs, out / "scaling_throughput.png")
-    log(f"wrote {out / 'scaling.json'}, scaling_latency_vs_macs.png, scaling_throughput.png "
-        f"({result['seconds_total']:.0f} s in all)")
+    stem = f"scaling_{args.tag}" if args.tag else "scaling"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_sweep(models, fit, out / f"{stem}_latency_vs_macs.png")
+    if bs is not None:
+        plot_throughput(bs, out / f"{stem}_throughput.png")
+    log(f"wrote {out / (stem + '.json')} and its plots ({result['seconds_total']:.0f} s in all)")
     return 0
 
 

@@ -27,6 +27,8 @@ ShortcutA stay single nodes), runs it once in eval mode with shape propagation, 
                        the spatial dims, x.mean((2, 3)), which is the same global average pool)
       linear           live input features × out_features; output all live
       relu, max/avg pool, dropout, identity, contiguous   keep liveness, 0 MACs
+      clamp (ReLU6, Hardtanh)  keeps liveness when its range holds 0, 0 MACs
+      FollowGate       liveness AND its gate's z > 0 (a depthwise unit after a gated one), 0 MACs
       add / sub        union of the tensor operands (a nonzero scalar makes everything live), 0 MACs
       mul              intersection of the tensor operands, 0 MACs
       cat              concatenation along dim 1 (union along spatial dims), 0 MACs
@@ -74,6 +76,8 @@ FVCORE_HANDLES: dict[str, None] = {
     "aten::mul": None,         # ArchitectureControl y·z mask (an engine skips the channels)
     "aten::topk": None,        # force_keep selection (comparisons/selection are free)
     "aten::scatter_": None,
+    "aten::hardtanh": None,    # ReLU6 / Hardtanh (activations are free, like ReLU)
+    "aten::hardtanh_": None,
 }
 
 
@@ -311,6 +315,13 @@ class _Counter:
             self.mean(node, x, p["dims"], label)
         elif k in ("relu", "max_pool", "avg_pool", "identity"):
             self.zero(node, label, self.get(x))
+        elif k == "clamp":  # zero stays zero only when the clamp range holds it
+            self.zero(node, label, self.get(x) if p["lo"] <= 0.0 <= p["hi"] else None)
+        elif k == "follow":
+            z = m.gate.z
+            lin = self.get(x)
+            self.zero(node, label, lin & (z.detach() > 0) if z is not None and lin is not None
+                      and z.shape == lin.shape else lin)
         elif k == "shortcut":
             lin = self.get(x)
             pad = torch.zeros(lin.shape[0], m.pad_channels, dtype=torch.bool)

@@ -57,9 +57,10 @@ def test_schema_names_every_field_the_planner_encodes(spec):
         kind = next(k for k, d in schema["ops"].items() if d["kind"] == seg[0])
         d = schema["ops"][kind]
         assert seg[1] == len(d["fields"]) or d["variadic"], (kind, seg[1])
-    # layout version 2: conv's 18th field, always 1 and never read, is gone (every field is used)
-    assert schema["version"] == 2
-    assert schema["ops"]["conv"]["fields"][-2:] == ["relu", "gate"] and len(schema["ops"]["conv"]["fields"]) == 17
+    # layout version 3: conv's relu became act; groups, follow and act_bounds follow the gate
+    assert schema["version"] == 3
+    assert schema["ops"]["conv"]["fields"][-5:] == ["act", "gate", "groups", "follow", "act_bounds"]
+    assert len(schema["ops"]["conv"]["fields"]) == 20
 
 
 def test_the_unmodified_plan_runs(spec):
@@ -122,6 +123,38 @@ def test_conv_edge_values_are_refused(spec):
     meta[1 + plan_schema()["buffer"].index("slot")] = 2 ** 31 - 1  # buffer 0's slot: an allocation of 2^31 slot vectors
     with pytest.raises(ValueError, match="buffer 0: field 'slot' = 2147483647"):
         build(spec, meta=meta)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("groups", 3, "groups 3 do not divide 16 -> 16 channels"),
+    ("groups", 0, "field 'groups' = 0 outside"),
+    ("follow", 1, "follow needs a depthwise conv"),
+    ("act", 3, "field 'act' = 3 outside"),
+    ("act_bounds", 0, "act_bounds must be -1 unless act is 2"),
+])
+def test_conv_groups_follow_and_activation_are_checked(spec, field, value, match):
+    segs = split_ops(spec.ops)
+    c = [i for i, s in enumerate(segs) if s[0] == op_kind(CONV)][1]  # layer1.0.conv1: 16 -> 16, gated
+    segs[c][at(CONV, field)] = value
+    with pytest.raises(ValueError, match=match):
+        build(spec, join_ops(segs))
+
+
+@pytest.mark.parametrize("bounds,match", [((2.0, 1.0), "clamp bounds .* are empty or not numbers"),
+                                          ((float("nan"), 1.0), "clamp bounds .* are empty or not numbers"),
+                                          (None, "conv act_bounds")])
+def test_clamp_bounds_are_checked(spec, bounds, match):
+    segs = split_ops(spec.ops)
+    c = [i for i, s in enumerate(segs) if s[0] == op_kind(CONV) and s[at(CONV, "residual")] < 0][1]
+    weights = list(spec.weights)
+    segs[c][at(CONV, "act")] = 2
+    if bounds is None:
+        segs[c][at(CONV, "act_bounds")] = len(weights) + 5  # no such weight
+    else:
+        weights.append(torch.tensor(bounds))
+        segs[c][at(CONV, "act_bounds")] = len(weights) - 1
+    with pytest.raises(ValueError, match=match):
+        build(spec, join_ops(segs), weights=weights)
 
 
 # Run in a subprocess: on a build without the hidden-size bound this overflowed the workspace.

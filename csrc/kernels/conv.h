@@ -18,7 +18,7 @@ namespace dyninfer {
 // Output vector v (vw consecutive pixels of one row, or in "flat" mode vw consecutive pixels of
 // the padded plane spanning rows; bit i of lanes[v] set when lane i is a real pixel) goes to
 // out_plane[k] + out_off[v] for the k-th computed channel, plus res_plane[k] + res_off[v] when a
-// residual plane is given, then bias, optional ReLU. sums[out_real[k]] += Σ stored values when
+// residual plane is given, then bias, optional ReLU or clamp. sums[out_real[k]] += Σ stored values when
 // sums != nullptr (the per-channel sums the next gate's GAP needs).
 struct ConvCall {
   const float* in = nullptr;
@@ -38,7 +38,8 @@ struct ConvCall {
   float* const* out_plane = nullptr;
   const float* const* res_plane = nullptr;  // entries may be null (no residual for that channel)
   const float* bias = nullptr;              // indexed by real output channel
-  bool relu = false;
+  int act = 0;  // epilogue activation: 0 none, 1 ReLU (max with 0), 2 clamp to [act_lo, act_hi]
+  float act_lo = 0.f, act_hi = 0.f;
   float* sums = nullptr;  // indexed by real output channel; nullptr: not needed
   float* vsums = nullptr;  // scratch, 64-byte aligned, >= (computed channels) x 16 floats
   // Channel groups: group g covers computed channels [group_start[g], group_start[g]+group_size[g]).

@@ -79,6 +79,7 @@ struct T8 {
     return p;
   }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
   static void store(float* p, V v) { _mm256_store_ps(p, v); }
   static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
   static constexpr uint32_t kFull = 0xFFu;

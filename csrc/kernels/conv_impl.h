@@ -102,6 +102,7 @@ static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
     float* op = c.out_plane[k];
     const float* rp = c.res_plane ? c.res_plane[k] : nullptr;
     const typename T::V bias = T::set1(c.bias ? c.bias[o] : 0.f);
+    const typename T::V lo = T::set1(c.act == 2 ? c.act_lo : 0.f), hi = T::set1(c.act_hi);
     typename T::V s = T::zero();
     for (int j = 0; j < NV; ++j) {
       const int v = v0 + j;
@@ -111,14 +112,16 @@ static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
         // Two output rows per vector, one row stride apart (the second masked off after an odd
         // last row).
         if (rp) x = T::add(x, T::load_pair_m(rp + c.res_off[v], c.res_wp, lanes));
-        if (c.relu) x = T::max(x, T::zero());
+        if (c.act) x = T::max(x, lo);
+        if (c.act == 2) x = T::min(x, hi);
         T::store_pair(op + c.out_off[v], c.out_wp, x, lanes);
         s = T::add(s, lanes == T::kFull ? x : T::keep_m(x, lanes));
         continue;
       }
       const bool full = lanes == T::kFull;
       if (rp) x = T::add(x, full ? T::load(rp + c.res_off[v]) : T::load_m(rp + c.res_off[v], lanes));
-      if (c.relu) x = T::max(x, T::zero());
+      if (c.act) x = T::max(x, lo);
+      if (c.act == 2) x = T::min(x, hi);
       if (full) {
         T::storeu(op + c.out_off[v], x);
         s = T::add(s, x);

@@ -52,6 +52,10 @@ struct S8 {
     for (int i = 0; i < W; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
     return a;
   }
+  static V min(V a, V b) {  // as _mm256_min_ps: the second operand when either is NaN
+    for (int i = 0; i < W; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i];
+    return a;
+  }
   static void store(float* p, V v) { std::memcpy(p, v.v, sizeof(v.v)); }
   static void storeu(float* p, V v) { std::memcpy(p, v.v, sizeof(v.v)); }
   static constexpr uint32_t kFull = 0xFFu;

@@ -57,8 +57,11 @@ struct Buffer {
 struct ConvOp {
   int in, out, res;
   int O, I, kh, kw, sh, sw, ph, pw, dh, dw;
-  bool relu;
+  int act = 0;                        // 0 none, 1 ReLU, 2 clamp to [act_lo, act_hi]
+  float act_lo = 0.f, act_hi = 0.f;
   int gate;
+  int groups = 1;                     // I / groups inputs per output channel, as in PyTorch
+  bool follow = false;                // depthwise: compute output c only where input c is live
   bool direct;   // stride-1 path reading the padded input in place; else im2col
   bool inplace;  // output written into the residual's memory (the residual dies here)
   bool stride2 = false;  // direct stride-2 path (vectors of every other input pixel)

@@ -179,8 +179,10 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         c.pw = fld(schema::conv::pw, "pw", 0, kMaxKernel);
         c.dh = fld(schema::conv::dh, "dh", 1, kMaxKernel);
         c.dw = fld(schema::conv::dw, "dw", 1, kMaxKernel);
-        c.relu = fld(schema::conv::relu, "relu", 0, 1) != 0;
+        c.act = static_cast<int>(fld(schema::conv::act, "act", 0, 2));
         c.gate = fld(schema::conv::gate, "gate", -1, static_cast<int64_t>(gate_sizes_.size()) - 1);
+        c.groups = static_cast<int>(fld(schema::conv::groups, "groups", 1, kMaxDim));
+        c.follow = fld(schema::conv::follow, "follow", 0, 1) != 0;
         c.out = out_ok(f[schema::conv::output], opi);
         const Buffer &bi = buffers_[c.in], &bo = buffers_[c.out];
         c.name = convs_.size() < names.size() ? names[convs_.size()] : "conv" + std::to_string(convs_.size());
@@ -206,8 +208,27 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         c.inplace = c.res >= 0 && buffers_[c.res].slot == bo.slot;
         if (c.inplace && (buffers_[c.res].B != bo.B || buffers_[c.res].plane != bo.plane))
           throw PlanError("conv '" + c.name + "': in-place residual with a different plane geometry");
-        c.w = weight(f[schema::conv::weight], static_cast<int64_t>(c.O) * c.I * c.kh * c.kw, opi, "conv weight");
+        if (c.I % c.groups || c.O % c.groups)
+          throw PlanError("conv '" + c.name + "': groups " + std::to_string(c.groups) + " do not divide " +
+                          std::to_string(c.I) + " -> " + std::to_string(c.O) + " channels");
+        if (c.follow && (c.groups != c.I || c.I != c.O || c.gate >= 0 || c.res >= 0))
+          throw PlanError("conv '" + c.name + "': follow needs a depthwise conv (groups = in = out channels) "
+                          "without gate or residual");
+        if (c.act == 2 && c.res >= 0)
+          throw PlanError("conv '" + c.name + "': a clamp activation cannot follow a residual add");
+        c.w = weight(f[schema::conv::weight], static_cast<int64_t>(c.O) * (c.I / c.groups) * c.kh * c.kw, opi,
+                     "conv weight");
         c.bias = weight(f[schema::conv::bias], c.O, opi, "conv bias");
+        if (c.act == 2) {
+          const float* b = weight(f[schema::conv::act_bounds], 2, opi, "conv act_bounds");
+          c.act_lo = b[0];
+          c.act_hi = b[1];
+          if (!(c.act_lo <= c.act_hi))
+            throw PlanError("conv '" + c.name + "': clamp bounds [" + std::to_string(c.act_lo) + ", " +
+                            std::to_string(c.act_hi) + "] are empty or not numbers");
+        } else if (f[schema::conv::act_bounds] != -1) {
+          throw PlanError(where + ": act_bounds must be -1 unless act is 2 (clamp)");
+        }
         // Stride-1 convs read the padded planes in place when the borders cover the padding.
         c.direct = c.sh == 1 && c.sw == 1 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B && c.pw <= bi.B;
         // Stride-2 convs read the padded planes in place too where the kernels can load
@@ -215,7 +236,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         c.stride2 = conv_caps(isa_).stride2_direct && c.sh == 2 && c.sw == 2 && c.dh == 1 && c.dw == 1 && c.ph <= bi.B &&
                     c.pw <= bi.B;
         if (c.stride2) c.direct = true;
-        if (!c.direct && static_cast<int64_t>(c.I) * c.kh * c.kw * ho * (wo + 16) > kMaxBufferFloats)
+        if (!c.direct && static_cast<int64_t>(c.I / c.groups) * c.kh * c.kw * ho * (wo + 16) > kMaxBufferFloats)
           throw PlanError("conv '" + c.name + "': its column buffer would exceed " + std::to_string(kMaxBufferFloats) +
                           " floats");
         build_conv_vectors(c);
@@ -440,7 +461,7 @@ void Plan::build_conv_vectors(ConvOp& c) {
   const int nvx = nvx_row;
   const int64_t wv = static_cast<int64_t>(nvx) * vw;
   c.col_rows = wv;
-  if (!c.direct) col_floats_ = std::max(col_floats_, static_cast<int64_t>(c.I) * c.kh * c.kw * ho * wv + kSlack);
+  if (!c.direct) col_floats_ = std::max(col_floats_, static_cast<int64_t>(c.I / c.groups) * c.kh * c.kw * ho * wv + kSlack);
   for (int y = 0; y < ho; ++y) {
     for (int xb = 0; xb < nvx; ++xb) {
       const int x = xb * vw;

@@ -74,6 +74,7 @@ std::unique_ptr<Workspace> Plan::acquire() const {
   ws->group_size.resize(mc);
   ws->tmp.resize(mc);
   ws->tmp2.resize(mc);
+  ws->in_local.resize(mc);
   ws->out_plane.resize(mc);
   ws->res_plane.resize(mc);
   ws->gvec.resize(mc);
@@ -179,6 +180,8 @@ struct Executor {
     std::vector<int32_t>& all = ws.tmp;
     if (c.gate >= 0 && !open) {
       keptp = &ws.kept[c.gate];
+    } else if (c.follow) {
+      keptp = &in_act;  // depthwise: output channel c exists where input channel c does
     } else {
       all.resize(c.O);
       std::iota(all.begin(), all.end(), 0);
@@ -224,7 +227,7 @@ struct Executor {
           if (a == r) ++j;
         } else {
           float* d = interior(c.out, pos[j]);
-          if (c.relu && !rnonneg) {
+          if (c.act == 1 && !rnonneg) {
             sums[r] = plane_copy(P.isa_, d, bo.Wp, d, bo.Wp, bo.H, bo.W, true);
           } else if (rsums_ok) {
             sums[r] = rsums[r];
@@ -268,7 +271,7 @@ struct Executor {
           out_act.push_back(r);
           const Buffer& br = P.buffers_[c.res];
           sums[r] = plane_copy(P.isa_, interior(c.res, static_cast<int>(j)), br.Wp, interior(c.out, pos), bo.Wp,
-                               bo.H, bo.W, c.relu);
+                               bo.H, bo.W, c.act == 1);
           ++j;
         }
       }
@@ -282,7 +285,7 @@ struct Executor {
     call.n_in = n_in;
     call.in_real = in_act.data();
     call.w = c.w;
-    call.w_ostride = static_cast<int64_t>(c.I) * c.kh * c.kw;
+    call.w_ostride = static_cast<int64_t>(c.I / c.groups) * c.kh * c.kw;
     call.n_vec = static_cast<int>(c.out_off.size());
     call.in_off = c.in_off.data();
     call.out_off = c.out_off.data();
@@ -292,7 +295,9 @@ struct Executor {
     call.out_plane = ws.out_plane.data();
     call.res_plane = c.res >= 0 ? ws.res_plane.data() : nullptr;
     call.bias = c.bias;
-    call.relu = c.relu;
+    call.act = c.act;
+    call.act_lo = c.act_lo;
+    call.act_hi = c.act_hi;
     call.sums = sums.data();
     call.vsums = ws.vsums;
     call.group_start = ws.group_start.data();
@@ -310,13 +315,16 @@ struct Executor {
       call.kw = c.kw;
       call.rs = bi.Wp;
     } else {
-      im2col(c, n_in);
       const int64_t tap = static_cast<int64_t>(bo.H) * c.col_rows;
-      call.in = ws.col;
       call.cstride = tap * c.kh * c.kw;
       call.kh = c.kh * c.kw;
       call.kw = 1;
       call.rs = tap;
+    }
+    if (c.groups > 1) return grouped(c, call, in_act, nk);
+    if (!c.direct) {
+      im2col(c, n_in, 0);
+      call.in = ws.col;
     }
     // Split channel groups across threads only when the conv is big enough to repay the fork/join
     // (about 1 µs): splitting every conv made the gated ResNet-56 at batch 1 slower on 2 threads
@@ -336,11 +344,48 @@ struct Executor {
     }
   }
 
-  void im2col(const ConvOp& c, int n_in) {
-    // col[c][ky][kx][y][x'] (rows padded to col_rows) from the padded input planes.
+  // A grouped conv, one group at a time: the group's live inputs are a run of the (sorted) compact
+  // input planes and its computed outputs a run of the computed channels. A group with no live
+  // input still computes its kept outputs (bias, then the activation), as PyTorch does for zeros.
+  void grouped(const ConvOp& c, const ConvCall& call, const std::vector<int32_t>& in_act, int nk) {
+    const Buffer& bi = P.buffers_[c.in];
+    const int ig = c.I / c.groups, og = c.O / c.groups;
+    auto& loc = ws.in_local;
+    size_t ip = 0;
+    int k = 0;
+    for (int g = 0; g < c.groups && k < nk; ++g) {
+      const int k0 = k;
+      while (k < nk && ws.out_real[k] < (g + 1) * og) ++k;
+      const size_t i0 = ip;
+      while (ip < in_act.size() && in_act[ip] < (g + 1) * ig) ++ip;
+      if (k == k0) continue;
+      const int n = static_cast<int>(ip - i0);
+      for (int i = 0; i < n; ++i) loc[i] = in_act[i0 + i] - g * ig;  // weight column within the group
+      ConvCall part = call;
+      part.n_in = n;
+      part.in_real = loc.data();
+      part.out_real = ws.out_real.data() + k0;
+      part.out_plane = ws.out_plane.data() + k0;
+      part.res_plane = call.res_plane ? ws.res_plane.data() + k0 : nullptr;
+      part.use_asm = call.use_asm && n > 0;
+      part.g_begin = 0;
+      part.g_end = conv_make_groups(k - k0, conv_max_group(P.isa_, c.vw, c.pairs), ws.group_start.data(),
+                                    ws.group_size.data());
+      if (c.direct) {
+        part.in = ws.buf_data[c.in] + static_cast<int64_t>(i0) * bi.plane;
+      } else {
+        im2col(c, n, static_cast<int>(i0));
+        part.in = ws.col;
+      }
+      conv_run(P.isa_, part);
+    }
+  }
+
+  void im2col(const ConvOp& c, int n_in, int first) {
+    // col[c][ky][kx][y][x'] (rows padded to col_rows) from the padded input planes first, ...
     const Buffer &bi = P.buffers_[c.in], &bo = P.buffers_[c.out];
     Im2colCall a;
-    a.in = ws.buf_data[c.in];
+    a.in = ws.buf_data[c.in] + static_cast<int64_t>(first) * bi.plane;
     a.plane = bi.plane;
     a.border = bi.B;
     a.hi = bi.H;

@@ -52,7 +52,7 @@ struct Workspace {
   plan_detail::FloatArray vsums_raw;
   float* vsums = nullptr;
   float* col = nullptr;
-  std::vector<int32_t> out_real, group_start, group_size, tmp, tmp2;
+  std::vector<int32_t> out_real, group_start, group_size, tmp, tmp2, in_local;
   std::vector<float*> out_plane;
   std::vector<const float*> res_plane;
   std::vector<float> gvec, hidden, glog;

@@ -9,7 +9,9 @@
 
 // The version of this layout; artefacts record it and loaders refuse another (csrc/runtime). Bump it
 // with any change below that alters the wire layout.
-#define DYNINFER_PLAN_VERSION 2  // 2: conv's unused 18th field ("reserved", always 1) removed
+#define DYNINFER_PLAN_VERSION 3  // 2: conv's unused 18th field ("reserved", always 1) removed
+                                 // 3: conv's relu became act (0 none, 1 relu, 2 clamp to act_bounds);
+                                 //    conv groups, follow and act_bounds added
 
 // One activation buffer: channels, height, width, zero border, memory slot, values known >= 0.
 #define DYNINFER_BUFFER_FIELDS(F) F(C) F(H) F(W) F(border) F(slot) F(nonneg)
@@ -18,9 +20,12 @@
 #define DYNINFER_PLAN_FIELDS(F) F(input) F(output) F(gate_count)
 
 // Weight fields hold an index into the plan's weight list; buffer fields a buffer index.
+// conv: act 0 none, 1 ReLU, 2 clamp to [lo, hi] (act_bounds: a weight of 2 floats, else -1);
+// groups as in PyTorch (weight O x I/groups x kh x kw); follow 1 (depthwise, groups = I = O, no gate):
+// output channel c is computed only where input channel c is live, as its producer's gate decided.
 #define DYNINFER_CONV_FIELDS(F)                                                                          \
   F(input) F(output) F(residual) F(weight) F(bias) F(out_channels) F(in_channels) F(kh) F(kw) F(sh) F(sw) \
-  F(ph) F(pw) F(dh) F(dw) F(relu) F(gate)
+  F(ph) F(pw) F(dh) F(dw) F(act) F(gate) F(groups) F(follow) F(act_bounds)
 #define DYNINFER_GATE_FIELDS(F) \
   F(input) F(gate) F(fc1_weight) F(fc1_bias) F(fc2_weight) F(fc2_bias) F(in_channels) F(hidden) F(out_channels) F(force_k)
 #define DYNINFER_MAXPOOL_FIELDS(F) F(input) F(output) F(kh) F(kw) F(sh) F(sw) F(ph) F(pw)

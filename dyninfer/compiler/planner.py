@@ -6,9 +6,11 @@ its fields by name); :func:`encode_ops` and :func:`encode_meta` lay them out onc
 the wire schema the extension declares (csrc/kernels/plan_schema.h, ``dyninfer._C.plan_schema()``),
 so the layout is written in one place only.
 
-Fusion: a conv absorbs the chain ``conv -> [BatchNorm2d] -> [ReLU] -> [gate] -> [+ residual] ->
-[ReLU]`` when every link has a single user (a ReLU before the residual add stops the chain there,
-because the kernel applies ReLU after the add). Its gate becomes a GATE op emitted just before it,
+Fusion: a conv absorbs the chain ``conv -> [BatchNorm2d] -> [ReLU or clamp (ReLU6, Hardtanh)] ->
+[gate | FollowGate] -> [+ residual] -> [ReLU]`` when every link has a single user (an activation
+before the residual add stops the chain there, because the kernel applies its activation after the
+add). Every node is read through the one op table (dyninfer.nn.graph.classify) that decouple and
+count_macs read too. Its gate becomes a GATE op emitted just before it,
 reading the gate's own input buffer.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UnsupportedLayerError
 from ..nn.decouple import DyninferTracer, is_relu
-from ..nn.gates import ArchitectureControl
+from ..nn.gates import ArchitectureControl, FollowGate
 from ..nn.graph import NodeOp, classify
 
 # op kind names of the wire schema (csrc/kernels/plan_schema.h)
@@ -226,7 +228,8 @@ class _Builder:
 
     # -- conv chains -----------------------------------------------------------------------------
     def conv_chain(self, conv: fx.Node, claimed: set) -> dict:
-        ch = {"conv": conv, "bn": None, "gate": None, "res": None, "relu": False, "nodes": [conv]}
+        ch = {"conv": conv, "bn": None, "gate": None, "res": None, "act": 0, "bounds": None, "follow": False,
+              "nodes": [conv]}
         cur = conv
 
         def only_user(n: fx.Node) -> fx.Node | None:
@@ -239,10 +242,14 @@ class _Builder:
             cur = nxt
             ch["nodes"].append(cur)
             nxt = only_user(cur)
-        relu_before = False
-        if nxt is not None and is_relu(nxt, self.modules) and only_user(cur) is nxt:
-            relu_before = True
-            ch["relu"] = True
+        act_before = False
+        nop = self.op(nxt) if nxt is not None else None
+        if nop is not None and nop.kind in ("relu", "clamp") and only_user(cur) is nxt:
+            act_before = True
+            if nop.kind == "relu":
+                ch["act"] = 1
+            else:
+                ch["act"], ch["bounds"] = 2, (nop.params["lo"], nop.params["hi"])
             cur = nxt
             ch["nodes"].append(cur)
             nxt = only_user(cur)
@@ -251,7 +258,18 @@ class _Builder:
             cur = nxt
             ch["nodes"].append(cur)
             nxt = only_user(cur)
-        if not relu_before and self.is_add(nxt):
+        if self.is_module(nxt, FollowGate) and ch["gate"] is None:
+            # the depthwise conv must read its gate's output directly: then its live input channels
+            # are exactly that gate's decisions, which the follower multiplies by
+            src = conv.args[0]
+            m = self.modules[conv.target]
+            if (isinstance(src, fx.Node) and src.op == "call_module" and src.target == self.modules[nxt.target].gate_path
+                    and m.groups == m.in_channels == m.out_channels):
+                ch["follow"] = True
+                cur = nxt
+                ch["nodes"].append(cur)
+                nxt = only_user(cur)
+        if not act_before and self.is_add(nxt):
             a, b = self.operands(nxt)
             other = b if a is cur else a
             if other is not cur:
@@ -260,7 +278,7 @@ class _Builder:
                 ch["nodes"].append(cur)
                 nxt = only_user(cur)
                 if nxt is not None and is_relu(nxt, self.modules):
-                    ch["relu"] = True
+                    ch["act"] = 1
                     cur = nxt
                     ch["nodes"].append(cur)
         ch["end"] = cur
@@ -269,8 +287,6 @@ class _Builder:
     def emit_conv(self, ch: dict) -> None:
         node = ch["conv"]
         conv = self.modules[node.target]
-        if conv.groups != 1:
-            raise self.unsupported(node, f"grouped convs (groups={conv.groups}) are not supported yet")
         if conv.padding_mode != "zeros":
             raise self.unsupported(node, f"padding_mode='{conv.padding_mode}' is not supported (only zeros)")
         if isinstance(conv.padding, str):
@@ -302,9 +318,11 @@ class _Builder:
             # A zero border of the conv's padding lets stride-1 convs read the planes in place and
             # strided ones build their columns without bounds checks.
             self.direct_pad[x] = max(self.direct_pad.get(x, 0), ph, pw)
+        bounds = self.weight(torch.tensor(ch["bounds"], dtype=torch.float32)) if ch["act"] == 2 else -1
         self.emit(CONV, dict(input=x, output=out, residual=res, weight=self.weight(w), bias=self.weight(b),
                              out_channels=conv.out_channels, in_channels=conv.in_channels, kh=kh, kw=kw, sh=sh,
-                             sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, relu=int(ch["relu"]), gate=gate_idx),
+                             sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, act=ch["act"], gate=gate_idx, groups=conv.groups,
+                             follow=int(ch["follow"]), act_bounds=bounds),
                   [x] + ([res] if res >= 0 else []), out)
         self.conv_names.append(node.target)
         self.env[ch["end"]] = ("act", out)
@@ -493,6 +511,12 @@ class _Builder:
         elif k == "gate":
             raise self.unsupported(node, "a gate must follow its conv->BN(->ReLU) unit directly "
                                          "(as dyninfer.decouple places it)")
+        elif k == "follow":
+            raise self.unsupported(node, "a FollowGate must follow a depthwise conv->BN(->activation) unit that "
+                                         "reads its gate's output directly (as dyninfer.decouple places it)")
+        elif k == "clamp":
+            raise self.unsupported(node, f"{op.label} runs only fused after a conv->BN unit; "
+                                         "a standalone clamp is not supported yet")
         elif k == "conv":
             raise self.unsupported(node, "functional F.conv2d with a weight read in forward; use nn.Conv2d")
         else:
@@ -588,7 +612,10 @@ class _Builder:
             out = op.output
             if out is None:
                 continue
-            if op.kind in (CONV, LINEAR, AFFINE, ADD):
+            if op.kind == CONV:
+                act = op.fields["act"]
+                flag[out] = int(act == 1 or act == 2 and self.weights[op.fields["act_bounds"]][0].item() >= 0)
+            elif op.kind in (LINEAR, AFFINE, ADD):
                 flag[out] = int(bool(op.fields["relu"]))
             elif op.kind in (MAXPOOL, AVGPOOL, SHORTCUT):
                 flag[out] = flag[op.inputs[0]]

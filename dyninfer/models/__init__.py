@@ -1,6 +1,6 @@
 """Model registry: create_model(name, num_classes, gated) and list_models().
 
-Every model is defined dense with plain nn.Conv2d / BatchNorm2d / ReLU modules; the gated variant
+Every model is defined dense with plain nn.Conv2d / BatchNorm2d / ReLU (ReLU6) modules; the gated variant
 is ``decouple(dense)``, so dense and gated models share parameter names and a dense checkpoint
 initialises the gated model (only the ``*_gate`` parameters are new).
 """
@@ -14,6 +14,8 @@ from torch import nn
 from ..nn import decouple
 from .cifar_resnet import resnet20, resnet32, resnet56, resnet110
 from .googlenet import googlenet_cifar
+from .mobilenet import mobilenet_v2, mobilenet_v2_cifar
+from .resnet_bottleneck import resnet50, resnext50_32x4d
 from .resnet_imagenet import resnet18
 from .vgg import vgg16_cifar
 
@@ -38,6 +40,10 @@ _REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("vgg16_cifar", vgg16_cifar, (3, 32, 32), "cifar"),
         ModelInfo("googlenet_cifar", googlenet_cifar, (3, 32, 32), "cifar"),
         ModelInfo("resnet18", resnet18, (3, 224, 224), "imagenet"),
+        ModelInfo("resnet50", resnet50, (3, 224, 224), "imagenet"),
+        ModelInfo("resnext50_32x4d", resnext50_32x4d, (3, 224, 224), "imagenet"),
+        ModelInfo("mobilenet_v2", mobilenet_v2, (3, 224, 224), "imagenet"),
+        ModelInfo("mobilenet_v2_cifar", mobilenet_v2_cifar, (3, 32, 32), "cifar"),
     ]
 }
 

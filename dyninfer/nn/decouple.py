@@ -1,6 +1,6 @@
 """decouple(): turn a plain CNN into a decoupled (gated) one with torch.fx.
 
-A *unit* is ``conv -> BatchNorm2d [-> ReLU]``. Every unit except the one holding the network's
+A *unit* is ``conv -> BatchNorm2d [-> ReLU or ReLU6/Hardtanh]``. Every unit except the one holding the network's
 first conv and any conv that is the network's last layer gets an ArchitectureControl that reads
 the unit's input. The gate is applied after the unit's ReLU, or after its BN when no ReLU follows
 (the second conv of a residual block: its gate applies before the addition).
@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .gates import ArchitectureControl
+from .gates import ArchitectureControl, FollowGate
 from .graph import classify
 
 __all__ = ["decouple", "DecoupleError", "DyninferTracer", "gates", "calculation_path", "gate_name", "LEAF_MODULES"]
@@ -29,7 +29,7 @@ class DecoupleError(ValueError):
 
 
 # Modules kept whole when tracing (their forward is not expanded into the graph).
-LEAF_MODULES: tuple[type, ...] = (ArchitectureControl,)
+LEAF_MODULES: tuple[type, ...] = (ArchitectureControl, FollowGate)
 
 
 def register_leaf_module(cls: type) -> type:
@@ -84,8 +84,8 @@ def _units(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
             continue
         end = bn
         nxt = _only_user(bn)
-        if nxt is not None and is_relu(nxt, modules):
-            end = nxt
+        if nxt is not None and classify(nxt, modules).kind in ("relu", "clamp"):
+            end = nxt  # ReLU, or a clamp such as ReLU6
         units.append((node, bn, end))
     return units
 
@@ -138,7 +138,9 @@ def _is_last_layer(conv: fx.Node, modules: dict[str, nn.Module]) -> bool:
 def decouple(model: nn.Module, reduction: int = 4, skip: Iterable[str] = ()) -> fx.GraphModule:
     """Return a gated copy-free view of ``model``: a GraphModule sharing its parameters.
 
-    ``skip`` names conv paths to leave ungated in addition to the first and last layer.
+    ``skip`` names conv paths to leave ungated in addition to the first and last layer. Grouped
+    and depthwise convs stay ungated; a depthwise unit that reads a gated unit's output is masked
+    with that gate's decisions (FollowGate), so its channels live where its inputs do.
     Functional dropout (``F.dropout(x, p, training=self.training)``) becomes a dropout module
     (``dropout``, ``dropout_1``, ...), so the decoupled model's train()/eval() switches it.
     Raises DecoupleError naming the module when the model cannot be traced or when a conv that
@@ -162,8 +164,7 @@ def decouple(model: nn.Module, reduction: int = 4, skip: Iterable[str] = ()) -> 
                 f"conv '{path}' ({type(m).__name__}) is not followed by a BatchNorm2d used only by it; "
                 f"dyninfer gates conv->BN(->ReLU) units. Pass skip=['{path}'] to leave it ungated.")
         if m.groups != 1:
-            raise DecoupleError(f"conv '{path}': grouped convs (groups={m.groups}) cannot be gated; "
-                                f"pass skip=['{path}'] to leave it ungated")
+            continue  # grouped and depthwise convs stay ungated (a depthwise one follows its input below)
         gate = ArchitectureControl(m.in_channels, m.out_channels, reduction)
         gate.to(device=m.weight.device, dtype=m.weight.dtype)
         gname = gate_name(path)
@@ -175,10 +176,33 @@ def decouple(model: nn.Module, reduction: int = 4, skip: Iterable[str] = ()) -> 
             gated = gm.graph.call_module(gname, (x, end))
         end.replace_all_uses_with(gated)
         gated.args = (x, end)  # replace_all_uses_with rewrote our own argument too
+    _follow_depthwise(gm, units)
     gm.graph.lint()
     gm.recompile()
     gm.dyninfer_decoupled = True
     return gm
+
+
+def _follow_depthwise(gm: fx.GraphModule, units: list[tuple[fx.Node, fx.Node, fx.Node]]) -> None:
+    """A depthwise unit (groups = in = out channels) reading a gate's output gets a FollowGate after
+    its end (BN, or the activation after it), so its output channels live where its inputs do."""
+    modules = dict(gm.named_modules())
+    for conv, bn, end in units:
+        m = modules[conv.target]
+        src = conv.args[0]
+        if bn is None or not (m.groups == m.in_channels == m.out_channels) or m.groups == 1:
+            continue
+        if not (isinstance(src, fx.Node) and src.op == "call_module"
+                and isinstance(modules[src.target], ArchitectureControl)):
+            continue
+        name = conv.target + "_follow"
+        if name in modules:
+            raise DecoupleError(f"conv '{conv.target}': model already has a module named '{name}'")
+        gm.add_submodule(name, FollowGate(src.target, modules[src.target]))
+        with gm.graph.inserting_after(end):
+            masked = gm.graph.call_module(name, (end,))
+        end.replace_all_uses_with(masked)
+        masked.args = (end,)
 
 
 def gates(model: nn.Module) -> dict[str, ArchitectureControl]:

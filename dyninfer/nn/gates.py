@@ -229,3 +229,34 @@ def topk_mask(g: Tensor, keep: float) -> Tensor:
         idx = torch.sort(g, dim=1, descending=True, stable=True).indices[:, :k]
         z.scatter_(1, idx, 1.0)
     return z
+
+
+class FollowGate(nn.Module):
+    """Masks a depthwise unit's output with the decisions of the gate that produced its input.
+
+    A depthwise conv computes output channel c from input channel c alone. After a gated unit the
+    dropped input channels are zero, but the depthwise unit's BN shift (and activation) would turn
+    each into a constant plane that every later layer has to read. Multiplying by the producer
+    gate's z of the same forward makes a depthwise output channel exist exactly where its input
+    channel does: the engine computes only those channels and the next conv skips the others.
+    decouple() inserts one after every depthwise unit that reads a gated unit's output; it holds
+    the gate by reference (not as a submodule: the gate's parameters stay where they are)."""
+
+    def __init__(self, gate_path: str, gate: ArchitectureControl):
+        super().__init__()
+        self.gate_path = gate_path
+        object.__setattr__(self, "_gate", gate)
+
+    @property
+    def gate(self) -> ArchitectureControl:
+        return self._gate
+
+    def forward(self, y: Tensor) -> Tensor:
+        z = self._gate.z
+        if z is None or z.shape != (y.shape[0], y.shape[1]):
+            raise ValueError(f"FollowGate: gate '{self.gate_path}' has decisions of shape "
+                             f"{None if z is None else tuple(z.shape)}, the depthwise output is {tuple(y.shape)}")
+        return y * z[:, :, None, None].to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"gate={self.gate_path!r}"

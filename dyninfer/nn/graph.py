@@ -9,6 +9,7 @@ becomes one :class:`NodeOp` with a kind and its arguments by name, defaults fill
     conv               nn.Conv2d; F.conv2d / torch.conv2d                        (module) / weight, bias, stride, padding, dilation, groups
     batch_norm         nn.BatchNorm2d (any _BatchNorm); F.batch_norm              (module) / weight
     relu               nn.ReLU; F.relu, torch.relu, torch.relu_; x.relu(), x.relu_()
+    clamp              nn.ReLU6, nn.Hardtanh; F.relu6, F.hardtanh                 lo, hi
     linear             nn.Linear; F.linear                                        (module) / weight
     max_pool           nn.MaxPool2d; F.max_pool2d, torch.max_pool2d               kernel_size, stride, padding, dilation, ceil_mode, return_indices
     avg_pool           nn.AvgPool2d; F.avg_pool2d                                 kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
@@ -20,6 +21,7 @@ becomes one :class:`NodeOp` with a kind and its arguments by name, defaults fill
     reshape            x.view(...), x.reshape(...), torch.reshape                 (the planner checks the output shape)
     identity           nn.Identity; nn.Dropout*/F.dropout* (eval); x.contiguous/clone/detach   training (dropout)
     gate               dyninfer ArchitectureControl
+    follow             dyninfer FollowGate (a depthwise unit masked by its input's gate)
     shortcut           dyninfer ShortcutA
     shape              x.size(), x.dim(), x.shape, getitem on sizes              (no tensor)
     unknown            anything else (each consumer says what it does with it)
@@ -40,7 +42,7 @@ from torch import nn
 
 __all__ = ["NodeOp", "classify", "KINDS"]
 
-KINDS = ("conv", "batch_norm", "relu", "linear", "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "add", "sub",
+KINDS = ("conv", "batch_norm", "relu", "clamp", "follow", "linear", "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "add", "sub",
          "mul", "cat", "flatten", "reshape", "identity", "gate", "shortcut", "shape", "unknown",
          "placeholder", "get_attr", "output")
 
@@ -62,6 +64,7 @@ _SIG: dict[str, tuple[tuple[str, Any], ...]] = {
     "batch_norm": (("input", _REQ), ("running_mean", _REQ), ("running_var", _REQ), ("weight", None), ("bias", None),
                    ("training", False), ("momentum", 0.1), ("eps", 1e-5)),
     "relu": (("input", _REQ), ("inplace", False)),
+    "hardtanh": (("input", _REQ), ("min_val", -1.0), ("max_val", 1.0), ("inplace", False)),
     "linear": (("input", _REQ), ("weight", _REQ), ("bias", None)),
     "max_pool2d": (("input", _REQ), ("kernel_size", _REQ), ("stride", None), ("padding", 0), ("dilation", 1),
                    ("ceil_mode", False), ("return_indices", False)),
@@ -142,7 +145,7 @@ def _binary(kind: str, label: str, args: tuple, kwargs: dict) -> NodeOp:
 
 
 def _module_op(node: fx.Node, m: nn.Module) -> NodeOp:
-    from .gates import ArchitectureControl
+    from .gates import ArchitectureControl, FollowGate
     from .layers import ShortcutA
 
     label = type(m).__name__
@@ -151,12 +154,16 @@ def _module_op(node: fx.Node, m: nn.Module) -> NodeOp:
         return NodeOp("gate", x, {}, m, label)
     if isinstance(m, ShortcutA):
         return NodeOp("shortcut", x, {}, m, label)
+    if isinstance(m, FollowGate):
+        return NodeOp("follow", x, {}, m, label)
     if isinstance(m, nn.Conv2d):
         return NodeOp("conv", x, {}, m, label)
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return NodeOp("batch_norm", x, {}, m, label)
     if isinstance(m, nn.ReLU):
         return NodeOp("relu", x, {}, m, label)
+    if isinstance(m, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
+        return NodeOp("clamp", x, {"lo": float(m.min_val), "hi": float(m.max_val)}, m, label)
     if isinstance(m, nn.Linear):
         return NodeOp("linear", x, {}, m, label)
     if isinstance(m, nn.MaxPool2d):
@@ -191,6 +198,15 @@ def _function_op(node: fx.Node) -> NodeOp:
 
     if t in _RELU_FUNCS:
         return bound("relu", "relu", ())
+    if t is F.relu6:
+        b = _bind("relu", args, kwargs)
+        return NodeOp("clamp", b["input"], {"lo": 0.0, "hi": 6.0}, label=label) if b else \
+            NodeOp("unknown", x, {"why": "arguments of relu6 not understood"}, label=label)
+    if t is F.hardtanh:
+        b = _bind("hardtanh", args, kwargs)
+        if b is None or not all(isinstance(b[k], (int, float)) for k in ("min_val", "max_val")):
+            return NodeOp("unknown", x, {"why": "arguments of hardtanh not understood"}, label=label)
+        return NodeOp("clamp", b["input"], {"lo": float(b["min_val"]), "hi": float(b["max_val"])}, label=label)
     if t in _CONV_FUNCS:
         return bound("conv2d", "conv", ("weight", "bias", "stride", "padding", "dilation", "groups"))
     if t is F.batch_norm:

@@ -1,0 +1,124 @@
+"""Layers of the common CNN families: grouped and depthwise convs (with FollowGate), ReLU6/Hardtanh,
+and the registered bottleneck / ResNeXt / MobileNetV2 models, through decouple -> train -> compile."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dyninfer
+from dyninfer.flops import count_macs
+from dyninfer.nn.gates import FollowGate
+
+from _models import randomize
+from test_graph_forms import assert_engine_matches, train_steps
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+class Family(nn.Module):
+    """stem -> gated 1x1 expansion -> depthwise 3x3 (ReLU6) -> grouped 3x3 -> 1x1 projection (+res)."""
+
+    def __init__(self, stride: int = 1, dilation: int = 1, act: str = "relu6"):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16),
+                                    nn.ReLU6() if act == "relu6" else nn.Hardtanh(-0.5, 2.0))
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, stride, dilation, dilation=dilation, groups=16, bias=False),
+                                nn.BatchNorm2d(16), nn.ReLU6())
+        self.grouped = nn.Sequential(nn.Conv2d(16, 16, (3, 1), 1, (1, 0), groups=4, bias=False), nn.BatchNorm2d(16),
+                                     nn.ReLU())
+        self.project = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.head = nn.Linear(8, 10)
+        self.stride = stride
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = self.project(self.grouped(self.dw(self.expand(s))))
+        if self.stride == 1:
+            y = y + s
+        return self.head(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+@pytest.mark.parametrize("stride,dilation,act", [(1, 1, "relu6"), (2, 1, "relu6"), (1, 2, "hardtanh"),
+                                                 (2, 2, "hardtanh")])
+def test_grouped_and_depthwise_units_match_torch(stride, dilation, act):
+    torch.manual_seed(0)
+    model = dyninfer.decouple(Family(stride, dilation, act))
+    # grouped and depthwise convs stay ungated; the depthwise unit follows the expansion's gate
+    assert list(dyninfer.gates(model)) == ["expand.0_gate", "project.0_gate"]
+    follows = [m for m in model.modules() if isinstance(m, FollowGate)]
+    assert len(follows) == 1 and follows[0].gate_path == "expand.0_gate"
+    randomize(model, seed=7)
+    train_steps(model, hw=11)
+    x = torch.randn(4, 3, 11, 11)
+    assert_engine_matches(model, x)
+    for keep in (0.0, 0.3, 1.0):
+        for g in dyninfer.gates(model).values():
+            g.force_keep = keep
+        assert_engine_matches(model, x, force_keep=keep)
+    for g in dyninfer.gates(model).values():
+        g.force_keep = None
+
+
+def test_depthwise_channels_follow_their_inputs_and_cost_only_them():
+    torch.manual_seed(0)
+    model = randomize(dyninfer.decouple(Family()), seed=3)
+    x = torch.randn(6, 3, 9, 9)
+    with torch.no_grad():
+        model(x)
+    z = dyninfer.gates(model)["expand.0_gate"].z > 0  # (B, 16)
+    assert 0 < z.float().mean() < 1
+    acts = {}
+    follow = dict(model.named_modules())["dw.0_follow"]
+    follow.register_forward_hook(lambda m, i, o: acts.setdefault("dw", o))
+    with torch.no_grad():
+        model(x)
+    dead = acts["dw"].abs().amax((2, 3)) == 0
+    assert dead[~z].all()  # a depthwise channel whose input was dropped is zero (not a BN-shift plane)
+    assert not dead[z].all()
+    rep = count_macs(model, x)
+    dw = next(layer for layer in rep.layers if layer.name == "dw.0")
+    assert torch.equal(dw.effective, z.sum(1) * 9 * 81)
+
+
+def test_clamp_after_a_residual_add_stays_outside_the_conv():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(4, 4, 3, padding=1)
+            self.b = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return F.relu6(self.b(self.a(x)) + x)
+
+    with pytest.raises(dyninfer.UnsupportedLayerError, match="standalone clamp"):
+        dyninfer.compile(Net().eval(), example_input=torch.randn(1, 4, 5, 5))
+
+
+FAMILIES = ["resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v2_cifar"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_decouples_with_expected_structure(name):
+    model = dyninfer.create_model(name)
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    gated = set(dyninfer.gates(model))
+    grouped = {n for n, m in convs.items() if m.groups > 1}
+    assert grouped or name == "resnet50"
+    assert not {n + "_gate" for n in grouped} & gated  # grouped convs are never gated
+    follows = [m for m in model.modules() if isinstance(m, FollowGate)]
+    if name.startswith("mobilenet"):
+        # every depthwise conv after an expansion follows that expansion's gate
+        assert len(follows) == sum(1 for n, m in convs.items() if m.groups > 1) - 1
+    else:
+        assert not follows
+
+
+def test_small_mobilenet_trains_and_compiles():
+    torch.manual_seed(0)
+    model = dyninfer.create_model("mobilenet_v2_cifar")
+    randomize(model, seed=2)
+    train_steps(model, steps=2, hw=32)
+    assert_engine_matches(model, torch.randn(2, 3, 32, 32))
