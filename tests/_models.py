@@ -7,11 +7,12 @@ from torch import nn
 from dyninfer import ArchitectureControl
 
 
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and gates that keep roughly half of the channels, input-dependently."""
+def randomize(model: nn.Module, seed: int = 0, bn: bool = True) -> nn.Module:
+    """Random BN statistics (unless ``bn=False``) and gates that keep roughly half of the channels,
+    input-dependently."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if bn and isinstance(m, nn.BatchNorm2d):
             m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)

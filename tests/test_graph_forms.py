@@ -101,13 +101,13 @@ FORMS = [
 ]
 
 
-def train_steps(model: nn.Module, steps: int = 3, hw: int = 12) -> None:
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+def train_steps(model: nn.Module, steps: int = 3, hw: int = 12, batch: int = 8, lr: float = 0.05) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     model.train()
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        x = torch.randn(8, 3, hw, hw, generator=g)
-        y = torch.randint(0, 10, (8,), generator=g)
+        x = torch.randn(batch, 3, hw, hw, generator=g)
+        y = torch.randint(0, 10, (batch,), generator=g)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()

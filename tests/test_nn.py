@@ -285,7 +285,7 @@ class NoBN(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
-        self.middle = nn.Conv2d(4, 4, 3)  # no BN: cannot be gated
+        self.middle = nn.Conv2d(4, 4, 3)  # bias, no BN: gated after its ReLU
         self.last, self.bn2 = nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)
         self.fc = nn.Linear(4, 2)
 
@@ -296,11 +296,17 @@ class NoBN(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def test_conv_without_bn_raises_naming_module():
-    with pytest.raises(DecoupleError, match="conv 'middle'.*BatchNorm2d"):
-        decouple(NoBN())
-    gm = decouple(NoBN(), skip=["middle"])
-    assert list(gates(gm)) == ["last_gate"]
+def test_conv_without_bn_is_gated_after_its_activation_and_skip_only_choose_units():
+    gm = decouple(NoBN())
+    assert list(gates(gm)) == ["middle_gate", "last_gate"]
+    relu = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "middle_gate").args[1]
+    assert relu.target is F.relu and relu.args[0].target == "middle"  # the gate reads the unit after its ReLU
+    assert list(gates(decouple(NoBN(), skip=["middle"]))) == ["last_gate"]
+    assert list(gates(decouple(NoBN(), only=["middle"]))) == ["middle_gate"]
+    with pytest.raises(DecoupleError, match=r"skip=.*\['midle'\] name no conv of NoBN; its convs are \['stem', 'middle', 'last'\]"):
+        decouple(NoBN(), skip=["midle"])
+    with pytest.raises(DecoupleError, match=r"only=.*\['fc'\]"):
+        decouple(NoBN(), only=["fc"])
 
 
 def test_decouple_twice_raises():

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..nn import decouple
 from .cifar_resnet import resnet20, resnet32, resnet56, resnet110
+from .classic import densenet121, squeezenet1_1, vgg11_bn
 from .googlenet import googlenet_cifar
 from .mobilenet import mobilenet_v2, mobilenet_v2_cifar
 from .resnet_bottleneck import resnet50, resnext50_32x4d
@@ -44,6 +45,9 @@ _REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("resnext50_32x4d", resnext50_32x4d, (3, 224, 224), "imagenet"),
         ModelInfo("mobilenet_v2", mobilenet_v2, (3, 224, 224), "imagenet"),
         ModelInfo("mobilenet_v2_cifar", mobilenet_v2_cifar, (3, 32, 32), "cifar"),
+        ModelInfo("vgg11_bn", vgg11_bn, (3, 224, 224), "imagenet"),
+        ModelInfo("squeezenet1_1", squeezenet1_1, (3, 224, 224), "imagenet"),
+        ModelInfo("densenet121", densenet121, (3, 224, 224), "imagenet"),
     ]
 }
 

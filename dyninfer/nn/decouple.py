@@ -72,20 +72,20 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 
 def _units(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
-    """(conv node, bn node, node after which the gate applies) for every conv->BN unit."""
+    """(conv node, bn node or None, node after which the gate applies) for every conv module: the
+    unit is conv [-> BatchNorm2d] [-> ReLU or a clamp such as ReLU6], each link its input's only user."""
     modules = dict(gm.named_modules())
     units = []
     for node in gm.graph.nodes:
         if node.op != "call_module" or classify(node, modules).kind != "conv":
             continue
-        bn = _only_user(node)
-        if bn is None or bn.op != "call_module" or not isinstance(modules[bn.target], nn.BatchNorm2d):
-            units.append((node, None, None))
-            continue
-        end = bn
-        nxt = _only_user(bn)
+        end, bn = node, None
+        nxt = _only_user(node)
+        if nxt is not None and nxt.op == "call_module" and isinstance(modules[nxt.target], nn.BatchNorm2d):
+            end = bn = nxt
+            nxt = _only_user(bn)
         if nxt is not None and classify(nxt, modules).kind in ("relu", "clamp"):
-            end = nxt  # ReLU, or a clamp such as ReLU6
+            end = nxt
         units.append((node, bn, end))
     return units
 
@@ -135,34 +135,41 @@ def _is_last_layer(conv: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return True
 
 
-def decouple(model: nn.Module, reduction: int = 4, skip: Iterable[str] = ()) -> fx.GraphModule:
+def decouple(model: nn.Module, reduction: int = 4, skip: Iterable[str] = (),
+             only: Iterable[str] | None = None) -> fx.GraphModule:
     """Return a gated copy-free view of ``model``: a GraphModule sharing its parameters.
 
-    ``skip`` names conv paths to leave ungated in addition to the first and last layer. Grouped
+    ``skip`` names conv paths to leave ungated in addition to the first and last layer; ``only``,
+    when given, names the conv paths to gate (every other conv stays ungated). A unit is
+    conv [-> BatchNorm2d] [-> ReLU or ReLU6/Hardtanh]; its gate applies after the unit's last link
+    (a conv with bias and no BN is gated after its activation, or right after the conv). Grouped
     and depthwise convs stay ungated; a depthwise unit that reads a gated unit's output is masked
     with that gate's decisions (FollowGate), so its channels live where its inputs do.
     Functional dropout (``F.dropout(x, p, training=self.training)``) becomes a dropout module
     (``dropout``, ``dropout_1``, ...), so the decoupled model's train()/eval() switches it.
-    Raises DecoupleError naming the module when the model cannot be traced or when a conv that
-    must be gated is not followed by a BatchNorm2d.
+    Raises DecoupleError naming the module when the model cannot be traced, or the unknown paths
+    when ``skip`` or ``only`` name a conv the model does not have.
     """
     gm = trace(model)
     _modularise_dropout(gm)
     modules = dict(gm.named_modules())
-    skip = set(skip)
     units = _units(gm)
     if not units:
         raise DecoupleError(f"{type(model).__name__}: no nn.Conv2d found, nothing to decouple")
+    paths = [conv.target for conv, _, _ in units]
+    skip = set(skip)
+    only = None if only is None else set(only)
+    for arg, names in (("skip", skip), ("only", only or set())):
+        unknown = sorted(names - set(paths))
+        if unknown:
+            raise DecoupleError(f"decouple({arg}=...): {unknown[:5]} name no conv of {type(model).__name__}; "
+                                f"its convs are {paths[:8]}{' ...' if len(paths) > 8 else ''}")
     first = units[0][0]
     for conv, bn, end in units:
         path = conv.target
-        if conv is first or path in skip or _is_last_layer(conv, modules):
+        if conv is first or path in skip or (only is not None and path not in only) or _is_last_layer(conv, modules):
             continue
         m = modules[path]
-        if bn is None:
-            raise DecoupleError(
-                f"conv '{path}' ({type(m).__name__}) is not followed by a BatchNorm2d used only by it; "
-                f"dyninfer gates conv->BN(->ReLU) units. Pass skip=['{path}'] to leave it ungated.")
         if m.groups != 1:
             continue  # grouped and depthwise convs stay ungated (a depthwise one follows its input below)
         gate = ArchitectureControl(m.in_channels, m.out_channels, reduction)
