@@ -28,6 +28,7 @@ ShortcutA stay single nodes), runs it once in eval mode with shape propagation, 
       linear           live input features × out_features; output all live
       relu, max/avg pool, dropout, identity, contiguous   keep liveness, 0 MACs
       clamp (ReLU6, Hardtanh)  keeps liveness when its range holds 0, 0 MACs
+      hardswish        keeps liveness; hardsigmoid, sigmoid: all live (0 maps to 0.5); 0 MACs
       FollowGate       liveness AND its gate's z > 0 (a depthwise unit after a gated one), 0 MACs
       add / sub        union of the tensor operands (a nonzero scalar makes everything live), 0 MACs
       mul              intersection of the tensor operands, 0 MACs
@@ -78,6 +79,11 @@ FVCORE_HANDLES: dict[str, None] = {
     "aten::scatter_": None,
     "aten::hardtanh": None,    # ReLU6 / Hardtanh (activations are free, like ReLU)
     "aten::hardtanh_": None,
+    "aten::hardswish": None,   # MobileNetV3's activations and SE gate
+    "aten::hardswish_": None,
+    "aten::hardsigmoid": None,
+    "aten::hardsigmoid_": None,
+    "aten::sigmoid": None,
 }
 
 
@@ -315,6 +321,10 @@ class _Counter:
             self.mean(node, x, p["dims"], label)
         elif k in ("relu", "max_pool", "avg_pool", "identity"):
             self.zero(node, label, self.get(x))
+        elif k == "hardswish":  # hardswish(0) = 0
+            self.zero(node, label, self.get(x))
+        elif k in ("hardsigmoid", "sigmoid"):  # 0 maps to 0.5: every channel live
+            self.zero(node, label, None)
         elif k == "clamp":  # zero stays zero only when the clamp range holds it
             self.zero(node, label, self.get(x) if p["lo"] <= 0.0 <= p["hi"] else None)
         elif k == "follow":

@@ -93,11 +93,60 @@ def test_clamp_after_a_residual_add_stays_outside_the_conv():
         def forward(self, x):
             return F.relu6(self.b(self.a(x)) + x)
 
-    with pytest.raises(dyninfer.UnsupportedLayerError, match="standalone clamp"):
+    with pytest.raises(dyninfer.UnsupportedLayerError, match="standalone it is not supported"):
         dyninfer.compile(Net().eval(), example_input=torch.randn(1, 4, 5, 5))
 
 
-FAMILIES = ["resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v2_cifar"]
+FAMILIES = ["resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v2_cifar", "mobilenet_v3_small"]
+
+
+class SEBlock(nn.Module):
+    """MobileNetV3's block: expansion (Hardswish), depthwise 5x5, squeeze-and-excitation, projection;
+    a Linear-Hardswish-Linear head."""
+
+    def __init__(self, gate: str, relu: bool, stride: int):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.Hardswish())
+        self.expand = nn.Sequential(nn.Conv2d(8, 24, 1, bias=False), nn.BatchNorm2d(24), nn.Hardswish())
+        self.dw = nn.Sequential(nn.Conv2d(24, 24, 5, stride, 2, groups=24, bias=False), nn.BatchNorm2d(24),
+                                nn.Hardswish())
+        self.fc1, self.fc2 = nn.Conv2d(24, 8, 1), nn.Conv2d(8, 24, 1)
+        self.gate, self.relu, self.stride = gate, relu, stride
+        self.project = nn.Sequential(nn.Conv2d(24, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.head = nn.Sequential(nn.Linear(8, 16), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(16, 10))
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = self.dw(self.expand(s))
+        g = self.fc1(y.mean((2, 3), keepdim=True) if self.gate == "sigmoid" else F.adaptive_avg_pool2d(y, 1))
+        g = self.fc2(F.relu(g) if self.relu else g)
+        g = torch.sigmoid(g) if self.gate == "sigmoid" else F.hardsigmoid(g)
+        y = self.project(y * g)
+        if self.stride == 1:
+            y = y + s
+        return self.head(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+@pytest.mark.parametrize("gate,relu,stride", [("hardsigmoid", True, 1), ("sigmoid", False, 2), ("sigmoid", True, 1)])
+def test_squeeze_excitation_and_hardswish_match_torch(gate, relu, stride):
+    torch.manual_seed(0)
+    model = dyninfer.decouple(SEBlock(gate, relu, stride))
+    assert list(dyninfer.gates(model)) == ["expand.0_gate", "project.0_gate"]
+    randomize(model, seed=5)
+    train_steps(model, hw=9)
+    x = torch.randn(3, 3, 9, 9)
+    engine = assert_engine_matches(model, x)
+    assert "se" in engine.plan.op_names()
+    for keep in (0.25, 1.0):
+        for g in dyninfer.gates(model).values():
+            g.force_keep = keep
+        assert_engine_matches(model, x, force_keep=keep)
+
+
+def test_standalone_sigmoid_names_what_is_supported():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.Flatten()).eval()
+    with pytest.raises(dyninfer.UnsupportedLayerError, match="only as the gate of a squeeze-and-excitation"):
+        dyninfer.compile(net, example_input=torch.randn(1, 3, 6, 6))
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -130,3 +179,21 @@ def test_every_registered_model_trains_then_compiles_to_the_same_logits(name):
     for g in dyninfer.gates(model).values():
         g.force_keep = 0.5
     assert_engine_matches(model, x, force_keep=0.5)
+
+
+@pytest.mark.parametrize("kind,field,value,match", [
+    ("se", "channels", 23, "se op .*: 23 channels"),
+    ("se", "gate_act", 2, "field 'gate_act' = 2 outside"),
+    ("se", "fc2_weight", 10 ** 6, "se fc2 weight"),
+    ("linear", "act", 2, "act 2 \\(clamp\\) is not a linear activation"),
+])
+def test_se_and_linear_fields_are_checked(kind, field, value, match):
+    from dyninfer.compiler.planner import build_plan, op_kind, plan_schema
+    torch.manual_seed(0)
+    spec = build_plan(dyninfer.decouple(SEBlock("sigmoid", True, 1)).eval(), (3, 9, 9))
+    ops, q = list(spec.ops), 0
+    while ops[q] != op_kind(kind):
+        q += 2 + ops[q + 1]
+    ops[q + 2 + plan_schema()["ops"][kind]["fields"].index(field)] = value
+    with pytest.raises(ValueError, match=match):
+        torch.classes.dyninfer.Plan(spec.meta, ops, spec.weights, spec.conv_names)

@@ -25,11 +25,13 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import UnsupportedLayerError
 from ..nn.decouple import DyninferTracer, is_relu
 from ..nn.gates import ArchitectureControl, FollowGate
-from ..nn.graph import NodeOp, classify
+from ..nn.graph import NodeOp, classify, match_se
 
 # op kind names of the wire schema (csrc/kernels/plan_schema.h)
-CONV, GATE, MAXPOOL, AVGPOOL, LINEAR, CONCAT, ADD, AFFINE, SHORTCUT = (
-    "conv", "gate", "maxpool", "avgpool", "linear", "concat", "add", "affine", "shortcut")
+CONV, GATE, MAXPOOL, AVGPOOL, LINEAR, CONCAT, ADD, AFFINE, SHORTCUT, SE = (
+    "conv", "gate", "maxpool", "avgpool", "linear", "concat", "add", "affine", "shortcut", "se")
+# activation codes of the conv and linear epilogues (plan_schema.h)
+_ACT_CODE = {"relu": 1, "clamp": 2, "hardswish": 3}
 
 
 
@@ -244,12 +246,11 @@ class _Builder:
             nxt = only_user(cur)
         act_before = False
         nop = self.op(nxt) if nxt is not None else None
-        if nop is not None and nop.kind in ("relu", "clamp") and only_user(cur) is nxt:
+        if nop is not None and nop.kind in _ACT_CODE and only_user(cur) is nxt:
             act_before = True
-            if nop.kind == "relu":
-                ch["act"] = 1
-            else:
-                ch["act"], ch["bounds"] = 2, (nop.params["lo"], nop.params["hi"])
+            ch["act"] = _ACT_CODE[nop.kind]
+            if nop.kind == "clamp":
+                ch["bounds"] = (nop.params["lo"], nop.params["hi"])
             cur = nxt
             ch["nodes"].append(cur)
             nxt = only_user(cur)
@@ -372,16 +373,17 @@ class _Builder:
         bi = self.buffers[x]
         if bi.C * bi.H * bi.W != m.in_features:
             raise self.unsupported(node, f"expects {m.in_features} features, input has {bi.C}x{bi.H}x{bi.W}")
-        relu_node = self.only_user(node)
-        relu = relu_node is not None and is_relu(relu_node, self.modules)
-        end = relu_node if relu else node
+        act_node = self.only_user(node)
+        act = self.op(act_node).kind if act_node is not None else None
+        act = act if act in ("relu", "hardswish") else None
+        end = act_node if act else node
         out = self.new_buffer(end)
         b = m.bias if m.bias is not None else torch.zeros(m.out_features)
-        self.emit(LINEAR, dict(input=x, output=out, weight=self.weight(m.weight), bias=self.weight(b), relu=int(relu)),
-                  [x], out)
+        self.emit(LINEAR, dict(input=x, output=out, weight=self.weight(m.weight), bias=self.weight(b),
+                               act=_ACT_CODE[act] if act else 0), [x], out)
         self.env[end] = ("act", out)
-        if relu:
-            self.fused.add(relu_node)
+        if act:
+            self.fused.add(act_node)
 
     def emit_affine(self, node: fx.Node, scale: torch.Tensor, shift: torch.Tensor, relu: bool) -> None:
         x = self.act(node.args[0], node)
@@ -391,10 +393,34 @@ class _Builder:
         self.env[node] = ("act", out)
 
     # -- driver --------------------------------------------------------------------------------------
+    def match_se(self, node: fx.Node) -> dict | None:
+        return match_se(node, self.modules)
+
+    def emit_se(self, node: fx.Node, se: dict) -> None:
+        x = self.act(se["x"], node)
+        out = self.new_buffer(node)
+        m1, m2 = se["fc1"], se["fc2"]
+        hidden, c = m1.out_channels, m2.out_channels
+        b1 = m1.bias if m1.bias is not None else torch.zeros(hidden)
+        b2 = m2.bias if m2.bias is not None else torch.zeros(c)
+        self.emit(SE, dict(input=x, output=out, fc1_weight=self.weight(m1.weight.reshape(hidden, -1).t()),
+                           fc1_bias=self.weight(b1), fc2_weight=self.weight(m2.weight.reshape(c, hidden).t()),
+                           fc2_bias=self.weight(b2), channels=c, hidden=hidden, act1=se["act1"],
+                           gate_act=se["gate_act"]), [x], out)
+        self.env[node] = ("act", out)
+
     def build(self) -> None:
         self.fused: set[fx.Node] = set()
         anchors: dict[fx.Node, dict] = {}
+        ses: dict[fx.Node, dict] = {}
         for node in self.gm.graph.nodes:
+            se = self.match_se(node)
+            if se is not None:
+                ses[node] = se
+                self.fused.update(se["nodes"])
+        for node in self.gm.graph.nodes:
+            if node in self.fused:
+                continue
             if self.is_module(node, nn.Conv2d):
                 ch = self.conv_chain(node, self.fused)
                 anchors[ch["end"]] = ch
@@ -408,6 +434,9 @@ class _Builder:
         for node in self.gm.graph.nodes:
             if node in anchors:
                 self.emit_conv(anchors[node])
+                continue
+            if node in ses:
+                self.emit_se(node, ses[node])
                 continue
             if node in self.fused:
                 continue
@@ -514,9 +543,12 @@ class _Builder:
         elif k == "follow":
             raise self.unsupported(node, "a FollowGate must follow a depthwise conv->BN(->activation) unit that "
                                          "reads its gate's output directly (as dyninfer.decouple places it)")
-        elif k == "clamp":
-            raise self.unsupported(node, f"{op.label} runs only fused after a conv->BN unit; "
-                                         "a standalone clamp is not supported yet")
+        elif k in ("clamp", "hardswish"):
+            raise self.unsupported(node, f"{op.label} runs only fused after a conv(->BN) unit (or hardswish after "
+                                         "a Linear); standalone it is not supported yet")
+        elif k in ("hardsigmoid", "sigmoid"):
+            raise self.unsupported(node, f"{op.label} is supported only as the gate of a squeeze-and-excitation "
+                                         "block x * gate(fc2(relu(fc1(GAP(x))))) with 1x1-conv FCs")
         elif k == "conv":
             raise self.unsupported(node, "functional F.conv2d with a weight read in forward; use nn.Conv2d")
         else:
@@ -615,8 +647,12 @@ class _Builder:
             if op.kind == CONV:
                 act = op.fields["act"]
                 flag[out] = int(act == 1 or act == 2 and self.weights[op.fields["act_bounds"]][0].item() >= 0)
-            elif op.kind in (LINEAR, AFFINE, ADD):
+            elif op.kind == LINEAR:
+                flag[out] = int(op.fields["act"] == 1)
+            elif op.kind in (AFFINE, ADD):
                 flag[out] = int(bool(op.fields["relu"]))
+            elif op.kind == SE:
+                flag[out] = flag[op.inputs[0]]  # scales lie in [0, 1]
             elif op.kind in (MAXPOOL, AVGPOOL, SHORTCUT):
                 flag[out] = flag[op.inputs[0]]
             elif op.kind == CONCAT:

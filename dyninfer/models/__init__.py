@@ -15,7 +15,7 @@ from ..nn import decouple
 from .cifar_resnet import resnet20, resnet32, resnet56, resnet110
 from .classic import densenet121, squeezenet1_1, vgg11_bn
 from .googlenet import googlenet_cifar
-from .mobilenet import mobilenet_v2, mobilenet_v2_cifar
+from .mobilenet import mobilenet_v2, mobilenet_v2_cifar, mobilenet_v3_small
 from .resnet_bottleneck import resnet50, resnext50_32x4d
 from .resnet_imagenet import resnet18
 from .vgg import vgg16_cifar
@@ -45,6 +45,7 @@ _REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("resnext50_32x4d", resnext50_32x4d, (3, 224, 224), "imagenet"),
         ModelInfo("mobilenet_v2", mobilenet_v2, (3, 224, 224), "imagenet"),
         ModelInfo("mobilenet_v2_cifar", mobilenet_v2_cifar, (3, 32, 32), "cifar"),
+        ModelInfo("mobilenet_v3_small", mobilenet_v3_small, (3, 224, 224), "imagenet"),
         ModelInfo("vgg11_bn", vgg11_bn, (3, 224, 224), "imagenet"),
         ModelInfo("squeezenet1_1", squeezenet1_1, (3, 224, 224), "imagenet"),
         ModelInfo("densenet121", densenet121, (3, 224, 224), "imagenet"),

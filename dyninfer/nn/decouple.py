@@ -1,6 +1,6 @@
 """decouple(): turn a plain CNN into a decoupled (gated) one with torch.fx.
 
-A *unit* is ``conv -> BatchNorm2d [-> ReLU or ReLU6/Hardtanh]``. Every unit except the one holding the network's
+A *unit* is ``conv [-> BatchNorm2d] [-> ReLU, ReLU6/Hardtanh or Hardswish]``. Every unit except the one holding the network's
 first conv and any conv that is the network's last layer gets an ArchitectureControl that reads
 the unit's input. The gate is applied after the unit's ReLU, or after its BN when no ReLU follows
 (the second conv of a residual block: its gate applies before the addition).
@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from .gates import ArchitectureControl, FollowGate
-from .graph import classify
+from .graph import classify, match_se
 
 __all__ = ["decouple", "DecoupleError", "DyninferTracer", "gates", "calculation_path", "gate_name", "LEAF_MODULES"]
 
@@ -73,7 +73,8 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 def _units(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
     """(conv node, bn node or None, node after which the gate applies) for every conv module: the
-    unit is conv [-> BatchNorm2d] [-> ReLU or a clamp such as ReLU6], each link its input's only user."""
+    unit is conv [-> BatchNorm2d] [-> ReLU, a clamp such as ReLU6, or Hardswish], each link its
+    input's only user."""
     modules = dict(gm.named_modules())
     units = []
     for node in gm.graph.nodes:
@@ -84,7 +85,7 @@ def _units(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
         if nxt is not None and nxt.op == "call_module" and isinstance(modules[nxt.target], nn.BatchNorm2d):
             end = bn = nxt
             nxt = _only_user(bn)
-        if nxt is not None and classify(nxt, modules).kind in ("relu", "clamp"):
+        if nxt is not None and classify(nxt, modules).kind in ("relu", "clamp", "hardswish"):
             end = nxt
         units.append((node, bn, end))
     return units
@@ -141,8 +142,9 @@ def decouple(model: nn.Module, reduction: int = 4, skip: Iterable[str] = (),
 
     ``skip`` names conv paths to leave ungated in addition to the first and last layer; ``only``,
     when given, names the conv paths to gate (every other conv stays ungated). A unit is
-    conv [-> BatchNorm2d] [-> ReLU or ReLU6/Hardtanh]; its gate applies after the unit's last link
-    (a conv with bias and no BN is gated after its activation, or right after the conv). Grouped
+    conv [-> BatchNorm2d] [-> ReLU, ReLU6/Hardtanh or Hardswish]; its gate applies after the unit's
+    last link (a conv with bias and no BN is gated after its activation, or right after the conv);
+    the two FCs of a squeeze-and-excitation block stay ungated. Grouped
     and depthwise convs stay ungated; a depthwise unit that reads a gated unit's output is masked
     with that gate's decisions (FollowGate), so its channels live where its inputs do.
     Functional dropout (``F.dropout(x, p, training=self.training)``) becomes a dropout module
@@ -165,9 +167,12 @@ def decouple(model: nn.Module, reduction: int = 4, skip: Iterable[str] = (),
             raise DecoupleError(f"decouple({arg}=...): {unknown[:5]} name no conv of {type(model).__name__}; "
                                 f"its convs are {paths[:8]}{' ...' if len(paths) > 8 else ''}")
     first = units[0][0]
+    # the FCs of squeeze-and-excitation blocks (1x1 convs on a pooled vector) are not units to gate
+    se_fcs = {se[k] for n in gm.graph.nodes if (se := match_se(n, modules)) for k in ("fc1_node", "fc2_node")}
     for conv, bn, end in units:
         path = conv.target
-        if conv is first or path in skip or (only is not None and path not in only) or _is_last_layer(conv, modules):
+        if (conv is first or conv in se_fcs or path in skip or (only is not None and path not in only)
+                or _is_last_layer(conv, modules)):
             continue
         m = modules[path]
         if m.groups != 1:

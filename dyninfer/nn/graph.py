@@ -10,6 +10,9 @@ becomes one :class:`NodeOp` with a kind and its arguments by name, defaults fill
     batch_norm         nn.BatchNorm2d (any _BatchNorm); F.batch_norm              (module) / weight
     relu               nn.ReLU; F.relu, torch.relu, torch.relu_; x.relu(), x.relu_()
     clamp              nn.ReLU6, nn.Hardtanh; F.relu6, F.hardtanh                 lo, hi
+    hardswish          nn.Hardswish; F.hardswish
+    hardsigmoid        nn.Hardsigmoid; F.hardsigmoid
+    sigmoid            nn.Sigmoid; torch.sigmoid, F.sigmoid; x.sigmoid()
     linear             nn.Linear; F.linear                                        (module) / weight
     max_pool           nn.MaxPool2d; F.max_pool2d, torch.max_pool2d               kernel_size, stride, padding, dilation, ceil_mode, return_indices
     avg_pool           nn.AvgPool2d; F.avg_pool2d                                 kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
@@ -40,9 +43,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NodeOp", "classify", "KINDS"]
+__all__ = ["NodeOp", "classify", "match_se", "KINDS"]
 
-KINDS = ("conv", "batch_norm", "relu", "clamp", "follow", "linear", "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "add", "sub",
+KINDS = ("conv", "batch_norm", "relu", "clamp", "hardswish", "hardsigmoid", "sigmoid", "follow", "linear", "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "add", "sub",
          "mul", "cat", "flatten", "reshape", "identity", "gate", "shortcut", "shape", "unknown",
          "placeholder", "get_attr", "output")
 
@@ -162,6 +165,12 @@ def _module_op(node: fx.Node, m: nn.Module) -> NodeOp:
         return NodeOp("batch_norm", x, {}, m, label)
     if isinstance(m, nn.ReLU):
         return NodeOp("relu", x, {}, m, label)
+    if isinstance(m, nn.Hardswish):
+        return NodeOp("hardswish", x, {}, m, label)
+    if isinstance(m, nn.Hardsigmoid):
+        return NodeOp("hardsigmoid", x, {}, m, label)
+    if isinstance(m, nn.Sigmoid):
+        return NodeOp("sigmoid", x, {}, m, label)
     if isinstance(m, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
         return NodeOp("clamp", x, {"lo": float(m.min_val), "hi": float(m.max_val)}, m, label)
     if isinstance(m, nn.Linear):
@@ -198,6 +207,12 @@ def _function_op(node: fx.Node) -> NodeOp:
 
     if t in _RELU_FUNCS:
         return bound("relu", "relu", ())
+    if t is F.hardswish:
+        return bound("relu", "hardswish", ())
+    if t is F.hardsigmoid:
+        return bound("relu", "hardsigmoid", ())
+    if t in (torch.sigmoid, F.sigmoid):
+        return NodeOp("sigmoid", x, {}, label=label)
     if t is F.relu6:
         b = _bind("relu", args, kwargs)
         return NodeOp("clamp", b["input"], {"lo": 0.0, "hi": 6.0}, label=label) if b else \
@@ -264,6 +279,8 @@ def _method_op(node: fx.Node) -> NodeOp:
     x = args[0] if args else None
     if t in ("relu", "relu_"):
         return NodeOp("relu", x, {}, label=label)
+    if t in ("sigmoid", "sigmoid_"):
+        return NodeOp("sigmoid", x, {}, label=label)
     if t in _IDENTITY_METHODS:
         return NodeOp("identity", x, {}, label=label)
     if t in ("size", "dim"):
@@ -295,3 +312,42 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> NodeOp:
     if node.op == "call_method":
         return _method_op(node)
     return NodeOp(node.op, None, {}, label=node.op)  # placeholder, get_attr, output
+
+
+def match_se(node: fx.Node, modules: dict[str, nn.Module]) -> dict | None:
+    """Squeeze-and-excitation ``x * gate(fc2([relu](fc1(GAP(x)))))`` ending at the product ``node``:
+    gate hardsigmoid or sigmoid, fc1 / fc2 1x1 convs as torchvision's SqueezeExcitation writes them,
+    GAP an adaptive average pool to 1x1 or a spatial mean with keepdim, every inner node used once.
+    Returns {"x", "fc1", "fc2" (modules), "fc1_node", "fc2_node", "act1", "gate_act" (0 hardsigmoid,
+    1 sigmoid), "nodes" (the inner nodes)}, or None. decouple() leaves the two FCs ungated and the
+    planner runs the block as one op."""
+    op = classify(node, modules)
+    if op.kind != "mul" or not all(isinstance(a, fx.Node) for a in op.params["operands"]):
+        return None
+
+    def conv1x1(n: Any) -> bool:
+        m = modules.get(n.target) if isinstance(n, fx.Node) and n.op == "call_module" else None
+        return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and len(n.users) == 1
+
+    a, b = op.params["operands"]
+    for x, sig in ((a, b), (b, a)):
+        sop = classify(sig, modules)
+        if sop.kind not in ("hardsigmoid", "sigmoid") or len(sig.users) != 1 or not conv1x1(sop.x):
+            continue
+        c2 = sop.x
+        a1 = c2.args[0]
+        act1 = isinstance(a1, fx.Node) and classify(a1, modules).kind == "relu" and len(a1.users) == 1
+        c1 = classify(a1, modules).x if act1 else a1
+        if not conv1x1(c1) or not isinstance(c1.args[0], fx.Node):
+            continue
+        pool = c1.args[0]
+        pop = classify(pool, modules)
+        if len(pool.users) != 1 or pop.x is not x:
+            continue
+        if not (pop.kind == "adaptive_avg_pool" and pop.params["output_size"] in (1, (1, 1), [1, 1])
+                or pop.kind == "mean" and pop.params["dims"] == (2, 3) and pop.params["keepdim"]):
+            continue
+        return {"x": x, "fc1": modules[c1.target], "fc2": modules[c2.target], "fc1_node": c1, "fc2_node": c2,
+                "act1": int(act1), "gate_act": 0 if sop.kind == "hardsigmoid" else 1,
+                "nodes": [pool, c1] + ([a1] if act1 else []) + [c2, sig]}
+    return None
