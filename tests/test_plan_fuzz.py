@@ -12,11 +12,11 @@ SCRIPT = Path(__file__).parent / "fuzz" / "plan_mutations.py"
 COUNT = 1000
 
 
-def replay(count: int = COUNT, seed: int = 0) -> tuple[list[str], int]:
+def replay(count: int = COUNT, seed: int = 0, model: str = "resnet20") -> tuple[list[str], int]:
     crashes, start, done = [], 0, 0
     while start < count:
         r = subprocess.run([sys.executable, str(SCRIPT), "--count", str(count), "--seed", str(seed), "--start",
-                            str(start)], capture_output=True, text=True, timeout=900)
+                            str(start), "--model", model], capture_output=True, text=True, timeout=900)
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("seed ")]
         if r.returncode == 0:
             done += len(lines)
@@ -33,3 +33,10 @@ def test_no_mutated_plan_crashes_the_process():
     crashes, done = replay()
     assert done == COUNT
     assert not crashes, f"{len(crashes)} of {COUNT} mutated plans crashed the process:\n" + "\n".join(crashes)
+
+
+def test_no_mutated_families_plan_crashes_the_process():
+    """The same on a plan with grouped and depthwise convs, clamp / hardswish epilogues and an SE op."""
+    crashes, done = replay(500, seed=1, model="families")
+    assert done == 500
+    assert not crashes, f"{len(crashes)} of 500 mutated plans crashed the process:\n" + "\n".join(crashes)

@@ -1,6 +1,7 @@
 """Seeded mutations of a compiled plan, each built with torch.classes.dyninfer.Plan and run once.
 
     python tests/fuzz/plan_mutations.py [--count 1000] [--seed 0] [--model resnet20]
+    (--model families: the tiny net of fuzz/make_corpus.py with grouped / depthwise convs and SE)
 
 Mutations: 1-3 int fields of the meta or ops list set to an edge value (0, -1, 1, a neighbour of
 the old value, 2**31 - 1, -2**31, 2**62, a valid buffer/weight index of another op), truncation of
@@ -55,7 +56,13 @@ def main(argv=None) -> int:
     from dyninfer.models import create_model
 
     torch.manual_seed(0)
-    model = create_model(args.model, gated=True).eval()
+    if args.model == "families":
+        from pathlib import Path
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
+        from make_corpus import families_model
+        model = families_model(gated=True)
+    else:
+        model = create_model(args.model, gated=True).eval()
     spec = build_plan(model, (3, 32, 32))
     x = torch.randn(2, 3, 32, 32)
     counts = {"rejected": 0, "ran": 0}
