@@ -254,6 +254,24 @@ def test_standalone_batchnorm_is_exact(relu, w):
     assert got.tobytes() == want.reshape(2, -1).astype(np.float32).tobytes()
 
 
+@pytest.mark.parametrize("out_features", [10, 64, 77])
+def test_linear_layer_is_the_scalar_dot_product_bit_for_bit(out_features):
+    """The Linear head runs vectorised across outputs, each output's sum in input order with every
+    product rounded before its add: the same bits as a float32 scalar loop."""
+    torch.manual_seed(out_features)
+    fc = nn.Linear(3 * 4 * 5, out_features)
+    model = nn.Sequential(nn.Flatten(), fc).eval()
+    x = torch.randn(2, 3, 4, 5)
+    got = dyninfer.compile(model, example_input=x)(x).numpy()
+    w, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
+    for n in range(2):
+        xs = x[n].reshape(-1).numpy()
+        a = np.zeros(out_features, dtype=np.float32)
+        for k in range(xs.size):
+            a = a + w[:, k] * xs[k]  # float32 product, rounded, then a float32 add
+        assert got[n].tobytes() == (a + b).astype(np.float32).tobytes()
+
+
 @pytest.mark.parametrize("cls,hw", [(Residual, 11), (Branches, 10)])
 def test_decoupled_user_models_match_torch(cls, hw):
     torch.manual_seed(0)

@@ -38,7 +38,7 @@ struct ConvCall {
   float* const* out_plane = nullptr;
   const float* const* res_plane = nullptr;  // entries may be null (no residual for that channel)
   const float* bias = nullptr;              // indexed by real output channel
-  int act = 0;  // epilogue activation: 0 none, 1 ReLU (max with 0), 2 clamp to [act_lo, act_hi]
+  int act = 0;  // epilogue activation: 0 none, 1 ReLU (max with 0), 2 clamp to [act_lo, act_hi], 3 hardswish
   float act_lo = 0.f, act_hi = 0.f;
   float* sums = nullptr;  // indexed by real output channel; nullptr: not needed
   float* vsums = nullptr;  // scratch, 64-byte aligned, >= (computed channels) x 16 floats
@@ -133,6 +133,10 @@ void affine_plane(Isa isa, const float* s, int64_t s_wp, float scale, float shif
 void gemv(Isa isa, const float* wt, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows,
           bool relu);
 
+// acc[0:n_out] += Σ_j wt[ks[j]][0:n_out] · xs[j], j in order, each product rounded before its add
+// (a Linear layer with its weight transposed, bit-identical to the scalar loop; see conv_impl.h).
+void linear_acc(Isa isa, const float* wt, int n_out, const float* xs, const int32_t* ks, int n, float* acc);
+
 // The entry points one ISA's translation unit provides (conv_<isa>.cpp, all from conv_impl.h).
 struct KernelTable {
   void (*conv)(const ConvCall&);
@@ -144,6 +148,7 @@ struct KernelTable {
   void (*add_planes)(const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, bool);
   bool (*subsample2)(const float*, int64_t, float*, int64_t, int, int);
   void (*affine_plane)(const float*, int64_t, float, float, float*, int64_t, int, int, bool);
+  void (*linear_acc)(const float*, int, const float*, const int32_t*, int, float*);
   IsaCaps caps;
 };
 // nullptr where the ISA's kernels are not compiled in (non-x86 builds).

@@ -107,7 +107,7 @@ const KernelTable* kernels_avx2() {
   using T = avx2::T8;
   static const KernelTable table{&avx2::run<T>,  &avx2::im2col<T>,          &avx2::plane_copy<T>, &avx2::gemv<T>,
                                  &avx2::peak<T>, &avx2::pool<T>, &avx2::add_planes<T>, &avx2::subsample2<T>,
-                                 &avx2::affine_plane<T>,
+                                 &avx2::affine_plane<T>, &avx2::linear_acc<T>,
                                  IsaCaps{T::W, T::kHasDeinterleave, false, false, T::kMaxM, 0, 0}};
   return &table;
 }

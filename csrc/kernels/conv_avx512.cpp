@@ -200,6 +200,10 @@ static void affine_avx512(const float* s, int64_t sw, float scale, float shift, 
   avx512::affine_plane<avx512::T16>(s, sw, scale, shift, d, dw, h, w, relu);
   clean_upper_state();
 }
+static void linear_acc_avx512(const float* wt, int n_out, const float* xs, const int32_t* ks, int n, float* acc) {
+  avx512::linear_acc<avx512::T16>(wt, n_out, xs, ks, n, acc);
+  clean_upper_state();
+}
 static void pool_avx512(const PoolCall& p) {
   avx512::pool<avx512::T16>(p);
   clean_upper_state();
@@ -214,7 +218,7 @@ const KernelTable* kernels_avx512() {
   using avx512::T16, avx512::T16P, avx512::T8;
   static const KernelTable table{&conv_avx512, &im2col_avx512, &plane_copy_avx512,
                                  &gemv_avx512, &peak_avx512,   &pool_avx512,    &add_avx512,
-                                 &subsample2_avx512, &affine_avx512,
+                                 &subsample2_avx512, &affine_avx512, &linear_acc_avx512,
                                  IsaCaps{T16::W, T16::kHasDeinterleave && T8::kHasDeinterleave, T16P::kPairs, true,
                                          T8::kMaxM, T16::kMaxM, T16P::kMaxM}};
   return &table;

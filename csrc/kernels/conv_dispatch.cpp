@@ -66,6 +66,10 @@ void affine_plane(Isa isa, const float* s, int64_t s_wp, float scale, float shif
   table(isa).affine_plane(s, s_wp, scale, shift, d, d_wp, h, w, relu);
 }
 
+void linear_acc(Isa isa, const float* wt, int n_out, const float* xs, const int32_t* ks, int n, float* acc) {
+  table(isa).linear_acc(wt, n_out, xs, ks, n, acc);
+}
+
 double fma_peak_probe_width(int width, int64_t iters) {
   const Isa isa = detect_isa();
   if (width == 16) return isa == Isa::kAvx512 ? table(Isa::kAvx512).fma_peak(iters) : 0.0;

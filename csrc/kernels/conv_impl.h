@@ -88,6 +88,19 @@ __attribute__((always_inline)) static inline void micro(const ConvCall& c, const
   }
 }
 
+// The conv epilogue's activation (ConvCall::act); lo is 0 for ReLU.
+template <class T>
+__attribute__((always_inline)) static inline typename T::V activate(int act, typename T::V x, typename T::V lo,
+                                                                     typename T::V hi) {
+  if (act == 1) return T::max(x, lo);
+  if (act == 2) return T::min(T::max(x, lo), hi);
+  if (act == 3) {  // hardswish: x * min(max(x + 3, 0), 6) / 6
+    const typename T::V r = T::min(T::max(T::add(x, T::set1(3.f)), T::zero()), T::set1(6.f));
+    return T::mul_rounded(T::mul_rounded(x, r), T::set1(1.f / 6.f));
+  }
+  return x;
+}
+
 template <class T, int M, int NV, int KH, int KW, bool S2>
 static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
   const float* wrow[M];
@@ -112,16 +125,14 @@ static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
         // Two output rows per vector, one row stride apart (the second masked off after an odd
         // last row).
         if (rp) x = T::add(x, T::load_pair_m(rp + c.res_off[v], c.res_wp, lanes));
-        if (c.act) x = T::max(x, lo);
-        if (c.act == 2) x = T::min(x, hi);
+        x = activate<T>(c.act, x, lo, hi);
         T::store_pair(op + c.out_off[v], c.out_wp, x, lanes);
         s = T::add(s, lanes == T::kFull ? x : T::keep_m(x, lanes));
         continue;
       }
       const bool full = lanes == T::kFull;
       if (rp) x = T::add(x, full ? T::load(rp + c.res_off[v]) : T::load_m(rp + c.res_off[v], lanes));
-      if (c.act) x = T::max(x, lo);
-      if (c.act == 2) x = T::min(x, hi);
+      x = activate<T>(c.act, x, lo, hi);
       if (full) {
         T::storeu(op + c.out_off[v], x);
         s = T::add(s, x);
@@ -472,6 +483,40 @@ static float plane_copy(const float* src, int64_t src_wp, float* dst, int64_t ds
     }
   }
   return T::hsum(s);
+}
+
+// acc[0:n_out] += wt[ks[j]][0:n_out] · xs[j] for j = 0, 1, ..., n - 1 in that order, each product
+// rounded before its add: per output the scalar dot product's order and rounding, so a Linear
+// layer gives the same bits as `a += w * x` one output at a time, vectorised across outputs (its
+// weight transposed, in_features x n_out) with four independent accumulator vectors.
+template <class T>
+static void linear_acc(const float* wt, int n_out, const float* xs, const int32_t* ks, int n, float* acc) {
+  using V = typename T::V;
+  int o = 0;
+  for (; o + 4 * T::W <= n_out; o += 4 * T::W) {
+    V a0 = T::load(acc + o), a1 = T::load(acc + o + T::W), a2 = T::load(acc + o + 2 * T::W),
+      a3 = T::load(acc + o + 3 * T::W);
+    for (int j = 0; j < n; ++j) {
+      const float* w = wt + static_cast<int64_t>(ks[j]) * n_out + o;
+      const V x = T::set1(xs[j]);
+      a0 = T::add(a0, T::mul_rounded(T::load(w), x));
+      a1 = T::add(a1, T::mul_rounded(T::load(w + T::W), x));
+      a2 = T::add(a2, T::mul_rounded(T::load(w + 2 * T::W), x));
+      a3 = T::add(a3, T::mul_rounded(T::load(w + 3 * T::W), x));
+    }
+    T::storeu(acc + o, a0);
+    T::storeu(acc + o + T::W, a1);
+    T::storeu(acc + o + 2 * T::W, a2);
+    T::storeu(acc + o + 3 * T::W, a3);
+  }
+  for (; o < n_out; o += T::W) {
+    const int r = n_out - o < T::W ? n_out - o : T::W;
+    const uint32_t m = r == T::W ? T::kFull : static_cast<uint32_t>((1ull << r) - 1ull);
+    V a = T::load_m(acc + o, m);
+    for (int j = 0; j < n; ++j)
+      a = T::add(a, T::mul_rounded(T::load_m(wt + static_cast<int64_t>(ks[j]) * n_out + o, m), T::set1(xs[j])));
+    T::store_m(acc + o, a, m);
+  }
 }
 
 // y[0:rows] = relu?(b + Σ_k x[k] · wt[k][0:rows]) over k in idx[0:nk] (all k < nk when idx is

@@ -90,7 +90,7 @@ const KernelTable* kernels_portable() {
   using T = portable::S8;
   static const KernelTable table{&portable::run<T>,  &portable::im2col<T>, &portable::plane_copy<T>,
                                  &portable::gemv<T>, &portable::peak<T>,   &portable::pool<T>, &portable::add_planes<T>,
-                                 &portable::subsample2<T>, &portable::affine_plane<T>,
+                                 &portable::subsample2<T>, &portable::affine_plane<T>, &portable::linear_acc<T>,
                                  IsaCaps{T::W, T::kHasDeinterleave, false, false, T::kMaxM, 0, 0}};
   return &table;
 }

@@ -36,6 +36,7 @@ enum OpKind : int {
   kAdd = 7,
   kAffine = 8,
   kShortcut = 9,
+  kSe = 10,
 };
 
 // Number of int64 fields after (kind, count) for each kind; -1: variable.
@@ -57,7 +58,7 @@ struct Buffer {
 struct ConvOp {
   int in, out, res;
   int O, I, kh, kw, sh, sw, ph, pw, dh, dw;
-  int act = 0;                        // 0 none, 1 ReLU, 2 clamp to [act_lo, act_hi]
+  int act = 0;                        // 0 none, 1 ReLU, 2 clamp to [act_lo, act_hi], 3 hardswish
   float act_lo = 0.f, act_hi = 0.f;
   int gate;
   int groups = 1;                     // I / groups inputs per output channel, as in PyTorch
@@ -92,8 +93,8 @@ struct PoolOp {
 
 struct LinearOp {
   int in, out, in_features, out_features;
-  bool relu;
-  const float *w, *b;
+  int act;  // 0 none, 1 ReLU, 3 hardswish
+  const float *wt, *b;  // wt: the weight transposed, in_features x out_features
 };
 
 struct ConcatOp {
@@ -115,6 +116,13 @@ struct AffineOp {
 
 struct ShortcutOp {
   int in, out, stride, pad;
+};
+
+struct SeOp {
+  int in, out, C, hidden;
+  int act1;      // 0 none, 1 ReLU
+  int gate_act;  // 0 hardsigmoid, 1 sigmoid
+  const float *w1, *b1, *w2, *b2;  // transposed: w1 C x hidden, w2 hidden x C
 };
 
 struct Op {
@@ -175,9 +183,11 @@ class Plan {
   std::vector<AddOp> adds_;
   std::vector<AffineOp> affines_;
   std::vector<ShortcutOp> shortcuts_;
+  std::vector<SeOp> ses_;
   std::vector<WeightRef> weights_;
   int64_t col_floats_ = 0;
   int max_channels_ = 0;
+  int max_linear_in_ = 0, max_linear_out_ = 0;  // largest Linear (the workspace's feature vectors)
   int max_hidden_ = 0;  // largest gate hidden size (the workspace's hidden vector)
   Isa isa_;
   bool asm_ = true;  // asm_kernels_enabled() when the plan was built

@@ -42,7 +42,7 @@ int op_field_count(int kind) {
 static_assert(kConv == schema::conv::kKind && kGate == schema::gate::kKind && kMaxPool == schema::maxpool::kKind &&
                   kAvgPool == schema::avgpool::kKind && kLinear == schema::linear::kKind &&
                   kConcat == schema::concat::kKind && kAdd == schema::add::kKind && kAffine == schema::affine::kKind &&
-                  kShortcut == schema::shortcut::kKind,
+                  kShortcut == schema::shortcut::kKind && kSe == schema::se::kKind,
               "OpKind and plan_schema.h disagree");
 // Max and average pooling share one parser: max pooling's fields are average pooling's first ones
 // (unary + compares the two enums' values as ints).
@@ -179,7 +179,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         c.pw = fld(schema::conv::pw, "pw", 0, kMaxKernel);
         c.dh = fld(schema::conv::dh, "dh", 1, kMaxKernel);
         c.dw = fld(schema::conv::dw, "dw", 1, kMaxKernel);
-        c.act = static_cast<int>(fld(schema::conv::act, "act", 0, 2));
+        c.act = static_cast<int>(fld(schema::conv::act, "act", 0, 3));
         c.gate = fld(schema::conv::gate, "gate", -1, static_cast<int64_t>(gate_sizes_.size()) - 1);
         c.groups = static_cast<int>(fld(schema::conv::groups, "groups", 1, kMaxDim));
         c.follow = fld(schema::conv::follow, "follow", 0, 1) != 0;
@@ -214,8 +214,8 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         if (c.follow && (c.groups != c.I || c.I != c.O || c.gate >= 0 || c.res >= 0))
           throw PlanError("conv '" + c.name + "': follow needs a depthwise conv (groups = in = out channels) "
                           "without gate or residual");
-        if (c.act == 2 && c.res >= 0)
-          throw PlanError("conv '" + c.name + "': a clamp activation cannot follow a residual add");
+        if (c.act >= 2 && c.res >= 0)
+          throw PlanError("conv '" + c.name + "': only ReLU can follow a residual add in a conv's epilogue");
         c.w = weight(f[schema::conv::weight], static_cast<int64_t>(c.O) * (c.I / c.groups) * c.kh * c.kw, opi,
                      "conv weight");
         c.bias = weight(f[schema::conv::bias], c.O, opi, "conv bias");
@@ -315,9 +315,12 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         l.out_features = bo.C;
         if (bo.H != 1 || bo.W != 1 || bi.slot == bo.slot)
           throw PlanError("linear op " + std::to_string(opi) + ": output must be a separate (N, 1, 1) buffer");
-        l.w = weight(f[schema::linear::weight], static_cast<int64_t>(l.out_features) * l.in_features, opi, "linear weight");
+        l.wt = weight(f[schema::linear::weight], static_cast<int64_t>(l.out_features) * l.in_features, opi, "linear weight");
+        max_linear_in_ = std::max(max_linear_in_, l.in_features);
+        max_linear_out_ = std::max(max_linear_out_, l.out_features);
         l.b = weight(f[schema::linear::bias], l.out_features, opi, "linear bias");
-        l.relu = fld(schema::linear::relu, "relu", 0, 1) != 0;
+        l.act = static_cast<int>(fld(schema::linear::act, "act", 0, 3));
+        if (l.act == 2) throw PlanError("linear op " + std::to_string(opi) + ": act 2 (clamp) is not a linear activation");
         ops_.push_back({kLinear, static_cast<int>(linears_.size())});
         linears_.push_back(l);
         break;
@@ -379,6 +382,27 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         shortcuts_.push_back(s);
         break;
       }
+      case kSe: {
+        SeOp e;
+        e.in = buf_ok(f[schema::se::input], opi, "input");
+        e.out = out_ok(f[schema::se::output], opi);
+        const Buffer &bi = buffers_[e.in], &bo = buffers_[e.out];
+        e.C = static_cast<int>(fld(schema::se::channels, "channels", 1, kMaxDim));
+        e.hidden = static_cast<int>(fld(schema::se::hidden, "hidden", 1, kMaxDim));
+        e.act1 = static_cast<int>(fld(schema::se::act1, "act1", 0, 1));
+        e.gate_act = static_cast<int>(fld(schema::se::gate_act, "gate_act", 0, 1));
+        if (e.C != bi.C || bi.C != bo.C || bi.H != bo.H || bi.W != bo.W || bi.slot == bo.slot)
+          throw PlanError("se op " + std::to_string(opi) + ": " + std::to_string(e.C) +
+                          " channels; input and output buffers must be distinct and of that shape");
+        if (e.hidden > max_hidden_) max_hidden_ = e.hidden;
+        e.w1 = weight(f[schema::se::fc1_weight], static_cast<int64_t>(e.C) * e.hidden, opi, "se fc1 weight");
+        e.b1 = weight(f[schema::se::fc1_bias], e.hidden, opi, "se fc1 bias");
+        e.w2 = weight(f[schema::se::fc2_weight], static_cast<int64_t>(e.hidden) * e.C, opi, "se fc2 weight");
+        e.b2 = weight(f[schema::se::fc2_bias], e.C, opi, "se fc2 bias");
+        ops_.push_back({kSe, static_cast<int>(ses_.size())});
+        ses_.push_back(e);
+        break;
+      }
     }
     q += 2 + cnt;
     ++opi;
@@ -396,6 +420,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
       case kAdd: op_names_.push_back("add"); break;
       case kAffine: op_names_.push_back("affine"); break;
       case kShortcut: op_names_.push_back("shortcut"); break;
+      case kSe: op_names_.push_back("se"); break;
     }
   }
 }

@@ -75,6 +75,9 @@ std::unique_ptr<Workspace> Plan::acquire() const {
   ws->tmp.resize(mc);
   ws->tmp2.resize(mc);
   ws->in_local.resize(mc);
+  ws->lin_x.resize(max_linear_in_ + 16);
+  ws->lin_k.resize(max_linear_in_ + 16);
+  ws->lin_acc.resize(max_linear_out_ + 16);
   ws->out_plane.resize(mc);
   ws->res_plane.resize(mc);
   ws->gvec.resize(mc);
@@ -444,17 +447,27 @@ struct Executor {
     auto& out_act = ws.active[l.out];
     out_act.resize(bo.C);
     ws.sums_valid[l.out] = 0;
+    // The live input features in order (dead channels are zero and add nothing), then one pass
+    // over the transposed weight for all outputs at once.
+    float* xs = ws.lin_x.data();
+    int32_t* ks = ws.lin_k.data();
+    int n = 0;
+    for (size_t i = 0; i < act.size(); ++i) {
+      const float* src = interior(l.in, static_cast<int>(i));
+      for (int y = 0; y < bi.H; ++y)
+        for (int x = 0; x < bi.W; ++x) {
+          xs[n] = src[y * bi.Wp + x];
+          ks[n++] = act[i] * hw + y * bi.W + x;
+        }
+    }
+    float* acc = ws.lin_acc.data();
+    std::fill(acc, acc + l.out_features, 0.f);
+    linear_acc(P.isa_, l.wt, l.out_features, xs, ks, n, acc);
     for (int o = 0; o < l.out_features; ++o) {
-      float a = 0.f;
-      const float* w = l.w + static_cast<int64_t>(o) * l.in_features;
-      for (size_t i = 0; i < act.size(); ++i) {
-        const float* src = interior(l.in, static_cast<int>(i));
-        const float* wc = w + static_cast<int64_t>(act[i]) * hw;
-        for (int y = 0; y < bi.H; ++y)
-          for (int x = 0; x < bi.W; ++x) a += wc[y * bi.W + x] * src[y * bi.Wp + x];
-      }
+      float a = acc[o];
       if (l.b) a += l.b[o];
-      if (l.relu) a = a > 0.f ? a : 0.f;
+      if (l.act == 1) a = a > 0.f ? a : 0.f;
+      if (l.act == 3) a = a * std::min(std::max(a + 3.f, 0.f), 6.f) / 6.f;
       out_act[o] = o;
       *interior(l.out, o) = a;
     }
@@ -549,6 +562,30 @@ struct Executor {
     ws.sums_valid[s.out] = 0;
   }
 
+  // Squeeze-and-excitation: per-channel scales from the GAP of the live channels (dropped ones are
+  // zero: they add nothing to fc1 and stay zero when scaled), then each live plane times its scale.
+  void se(const SeOp& e) {
+    channel_sums(e.in);
+    const Buffer &bi = P.buffers_[e.in], &bo = P.buffers_[e.out];
+    const float inv = 1.0f / static_cast<float>(bi.H * bi.W);
+    const auto& act = ws.active[e.in];
+    const auto& s = ws.sums[e.in];
+    float* sv = ws.gvec.data();
+    for (int c : act) sv[c] = s[c] * inv;
+    float* h = ws.hidden.data();
+    gemv(P.isa_, e.w1, sv, act.data(), static_cast<int>(act.size()), e.b1, h, e.hidden, e.act1 == 1);
+    float* g = ws.glog.data();
+    gemv(P.isa_, e.w2, h, nullptr, e.hidden, e.b2, g, e.C, false);
+    ws.active[e.out] = act;
+    ws.sums_valid[e.out] = 0;
+    for (size_t i = 0; i < act.size(); ++i) {
+      const float v = g[act[i]];
+      const float scale = e.gate_act == 0 ? std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f : 1.f / (1.f + std::exp(-v));
+      affine_plane(P.isa_, interior(e.in, static_cast<int>(i)), bi.Wp, scale, 0.f, interior(e.out, static_cast<int>(i)),
+                   bo.Wp, bo.H, bo.W, false);
+    }
+  }
+
   void output(float* out) {
     const int b = P.output_;
     const Buffer& B = P.buffers_[b];
@@ -573,6 +610,7 @@ struct Executor {
       case kAdd: add(P.adds_[op.index]); break;
       case kAffine: affine(P.affines_[op.index]); break;
       case kShortcut: shortcut(P.shortcuts_[op.index]); break;
+      case kSe: se(P.ses_[op.index]); break;
     }
   }
 

@@ -69,6 +69,8 @@ struct Workspace {
   std::vector<float*> out_plane;
   std::vector<const float*> res_plane;
   std::vector<float> gvec, hidden, glog;
+  std::vector<float> lin_x, lin_acc;  // a Linear layer's live input features and its sums
+  std::vector<int32_t> lin_k;         // ... and their feature indices
 };
 
 }  // namespace dyninfer

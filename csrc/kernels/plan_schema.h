@@ -11,7 +11,9 @@
 // with any change below that alters the wire layout.
 #define DYNINFER_PLAN_VERSION 3  // 2: conv's unused 18th field ("reserved", always 1) removed
                                  // 3: conv's relu became act (0 none, 1 relu, 2 clamp to act_bounds);
-                                 //    conv groups, follow and act_bounds added
+                                 //    conv groups, follow and act_bounds added; act 3 = hardswish;
+                                 //    linear's relu became act (0, 1, 3), its weight is stored
+                                 //    transposed; the se op
 
 // One activation buffer: channels, height, width, zero border, memory slot, values known >= 0.
 #define DYNINFER_BUFFER_FIELDS(F) F(C) F(H) F(W) F(border) F(slot) F(nonneg)
@@ -20,7 +22,8 @@
 #define DYNINFER_PLAN_FIELDS(F) F(input) F(output) F(gate_count)
 
 // Weight fields hold an index into the plan's weight list; buffer fields a buffer index.
-// conv: act 0 none, 1 ReLU, 2 clamp to [lo, hi] (act_bounds: a weight of 2 floats, else -1);
+// conv: act 0 none, 1 ReLU, 2 clamp to [lo, hi] (act_bounds: a weight of 2 floats, else -1),
+// 3 hardswish x * min(max(x + 3, 0), 6) / 6;
 // groups as in PyTorch (weight O x I/groups x kh x kw); follow 1 (depthwise, groups = I = O, no gate):
 // output channel c is computed only where input channel c is live, as its producer's gate decided.
 #define DYNINFER_CONV_FIELDS(F)                                                                          \
@@ -31,7 +34,12 @@
 #define DYNINFER_MAXPOOL_FIELDS(F) F(input) F(output) F(kh) F(kw) F(sh) F(sw) F(ph) F(pw)
 #define DYNINFER_AVGPOOL_FIELDS(F) \
   F(input) F(output) F(kh) F(kw) F(sh) F(sw) F(ph) F(pw) F(count_include_pad) F(divisor)
-#define DYNINFER_LINEAR_FIELDS(F) F(input) F(output) F(weight) F(bias) F(relu)
+// linear: weight transposed (in_features x out_features); act 0, 1 ReLU, 3 hardswish
+#define DYNINFER_LINEAR_FIELDS(F) F(input) F(output) F(weight) F(bias) F(act)
+// Squeeze-and-excitation: out = x * gate(fc2(act1(fc1(GAP(x))))) per channel; fc weights transposed
+// (C x hidden, hidden x C) as the gate op's; act1 0 none / 1 ReLU; gate_act 0 hardsigmoid, 1 sigmoid.
+#define DYNINFER_SE_FIELDS(F) \
+  F(input) F(output) F(fc1_weight) F(fc1_bias) F(fc2_weight) F(fc2_bias) F(channels) F(hidden) F(act1) F(gate_act)
 #define DYNINFER_CONCAT_FIELDS(F) F(output)  // followed by the input buffers (variadic)
 #define DYNINFER_ADD_FIELDS(F) F(a) F(b) F(output) F(relu)
 #define DYNINFER_AFFINE_FIELDS(F) F(input) F(output) F(scale) F(shift) F(relu)
@@ -47,7 +55,8 @@
   OP(concat, 6, DYNINFER_CONCAT_FIELDS, "inputs")      \
   OP(add, 7, DYNINFER_ADD_FIELDS, "")                  \
   OP(affine, 8, DYNINFER_AFFINE_FIELDS, "")            \
-  OP(shortcut, 9, DYNINFER_SHORTCUT_FIELDS, "")
+  OP(shortcut, 9, DYNINFER_SHORTCUT_FIELDS, "")        \
+  OP(se, 10, DYNINFER_SE_FIELDS, "")
 
 namespace dyninfer {
 namespace schema {

@@ -379,7 +379,8 @@ class _Builder:
         end = act_node if act else node
         out = self.new_buffer(end)
         b = m.bias if m.bias is not None else torch.zeros(m.out_features)
-        self.emit(LINEAR, dict(input=x, output=out, weight=self.weight(m.weight), bias=self.weight(b),
+        # weight transposed (in x out): the engine runs all outputs at once, one input feature at a time
+        self.emit(LINEAR, dict(input=x, output=out, weight=self.weight(m.weight.t()), bias=self.weight(b),
                                act=_ACT_CODE[act] if act else 0), [x], out)
         self.env[end] = ("act", out)
         if act:
