@@ -28,7 +28,7 @@ ShortcutA stay single nodes), runs it once in eval mode with shape propagation, 
       linear           live input features × out_features; output all live
       relu, max/avg pool, dropout, identity, contiguous   keep liveness, 0 MACs
       clamp (ReLU6, Hardtanh)  keeps liveness when its range holds 0, 0 MACs
-      hardswish        keeps liveness; hardsigmoid, sigmoid: all live (0 maps to 0.5); 0 MACs
+      hardswish, silu  keep liveness; hardsigmoid, sigmoid: all live (0 maps to 0.5); 0 MACs
       FollowGate       liveness AND its gate's z > 0 (a depthwise unit after a gated one), 0 MACs
       add / sub        union of the tensor operands (a nonzero scalar makes everything live), 0 MACs
       mul              intersection of the tensor operands, 0 MACs
@@ -84,6 +84,8 @@ FVCORE_HANDLES: dict[str, None] = {
     "aten::hardsigmoid": None,
     "aten::hardsigmoid_": None,
     "aten::sigmoid": None,
+    "aten::silu": None,
+    "aten::silu_": None,
 }
 
 
@@ -321,7 +323,7 @@ class _Counter:
             self.mean(node, x, p["dims"], label)
         elif k in ("relu", "max_pool", "avg_pool", "identity"):
             self.zero(node, label, self.get(x))
-        elif k == "hardswish":  # hardswish(0) = 0
+        elif k in ("hardswish", "silu"):  # both map 0 to 0
             self.zero(node, label, self.get(x))
         elif k in ("hardsigmoid", "sigmoid"):  # 0 maps to 0.5: every channel live
             self.zero(node, label, None)

@@ -143,6 +143,54 @@ def test_squeeze_excitation_and_hardswish_match_torch(gate, relu, stride):
         assert_engine_matches(model, x, force_keep=keep)
 
 
+class EfficientBlock(nn.Module):
+    """EfficientNet's MBConv: SiLU expansion, depthwise 3x3 (SiLU), an SE whose inner activation is
+    SiLU and whose gate is a sigmoid, and a linear projection."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU())
+        self.expand = nn.Sequential(nn.Conv2d(8, 24, 1, bias=False), nn.BatchNorm2d(24), nn.SiLU())
+        self.dw = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1, groups=24, bias=False), nn.BatchNorm2d(24), nn.SiLU())
+        self.fc1, self.fc2, self.act = nn.Conv2d(24, 6, 1), nn.Conv2d(6, 24, 1), nn.SiLU()
+        self.project = nn.Sequential(nn.Conv2d(24, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = self.dw(self.expand(s))
+        y = y * torch.sigmoid(self.fc2(self.act(self.fc1(F.adaptive_avg_pool2d(y, 1)))))
+        return self.head(F.adaptive_avg_pool2d(self.project(y) + s, 1).flatten(1))
+
+
+def test_silu_units_and_silu_squeeze_excitation_match_torch():
+    torch.manual_seed(0)
+    model = dyninfer.decouple(EfficientBlock())
+    assert list(dyninfer.gates(model)) == ["expand.0_gate", "project.0_gate"]
+    randomize(model, seed=6)
+    train_steps(model, hw=10)
+    x = torch.randn(3, 3, 10, 10) * 4  # wide inputs: SiLU's exp far into both tails
+    assert_engine_matches(model, x)
+    for keep in (0.3, 1.0):
+        for g in dyninfer.gates(model).values():
+            g.force_keep = keep
+        assert_engine_matches(model, x, force_keep=keep)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "portable"])
+def test_silu_epilogue_is_accurate_on_every_isa(isa, monkeypatch):
+    """The conv epilogue's vector exp (Cephes' expf) against torch's SiLU over [-100, 100]."""
+    monkeypatch.setenv("DYNINFER_ISA", isa)
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    model = nn.Sequential(conv, nn.SiLU(), nn.Flatten()).eval()
+    x = torch.linspace(-100, 100, 4001).reshape(1, 1, 1, 4001)
+    engine = dyninfer.compile(model, example_input=x)
+    got, want = engine(x), F.silu(x).reshape(1, -1)
+    assert ((got - want).abs() <= 2e-6 * want.abs() + 1e-30).all()
+
+
 def test_standalone_sigmoid_names_what_is_supported():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.Flatten()).eval()
     with pytest.raises(dyninfer.UnsupportedLayerError, match="only as the gate of a squeeze-and-excitation"):

@@ -129,7 +129,7 @@ def test_conv_edge_values_are_refused(spec):
     ("groups", 3, "groups 3 do not divide 16 -> 16 channels"),
     ("groups", 0, "field 'groups' = 0 outside"),
     ("follow", 1, "follow needs a depthwise conv"),
-    ("act", 4, "field 'act' = 4 outside"),
+    ("act", 5, "field 'act' = 5 outside"),
     ("act_bounds", 0, "act_bounds must be -1 unless act is 2"),
 ])
 def test_conv_groups_follow_and_activation_are_checked(spec, field, value, match):

@@ -38,7 +38,7 @@ struct ConvCall {
   float* const* out_plane = nullptr;
   const float* const* res_plane = nullptr;  // entries may be null (no residual for that channel)
   const float* bias = nullptr;              // indexed by real output channel
-  int act = 0;  // epilogue activation: 0 none, 1 ReLU (max with 0), 2 clamp to [act_lo, act_hi], 3 hardswish
+  int act = 0;  // epilogue activation: 0 none, 1 ReLU (max with 0), 2 clamp to [act_lo, act_hi], 3 hardswish, 4 SiLU
   float act_lo = 0.f, act_hi = 0.f;
   float* sums = nullptr;  // indexed by real output channel; nullptr: not needed
   float* vsums = nullptr;  // scratch, 64-byte aligned, >= (computed channels) x 16 floats

@@ -80,6 +80,11 @@ struct T8 {
   }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  // 2^n for lanes holding integers n in [-126, 127]
+  static V pow2n(V n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  }
   static void store(float* p, V v) { _mm256_store_ps(p, v); }
   static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
   static constexpr uint32_t kFull = 0xFFu;

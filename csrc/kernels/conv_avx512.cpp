@@ -45,6 +45,11 @@ struct T16 {
   }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  // 2^n for lanes holding integers n in [-126, 127]
+  static V pow2n(V n) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+  }
   static void store(float* p, V v) { _mm512_store_ps(p, v); }
   static void storeu(float* p, V v) { _mm512_storeu_ps(p, v); }
   static constexpr uint32_t kFull = 0xFFFFu;
@@ -127,6 +132,10 @@ struct T8 {
   }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static V pow2n(V n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  }
   static void store(float* p, V v) { _mm256_store_ps(p, v); }
   static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
   static constexpr uint32_t kFull = 0xFFu;

@@ -88,6 +88,26 @@ __attribute__((always_inline)) static inline void micro(const ConvCall& c, const
   }
 }
 
+// e^x per lane (Cephes' expf: Cody-Waite reduction by ln 2, degree-6 polynomial, 2^n from the
+// exponent bits; within 2 ulp of expf for x in [-87.3, 88.7], clamped outside).
+template <class T>
+__attribute__((always_inline)) static inline typename T::V vexp(typename T::V x) {
+  using V = typename T::V;
+  x = T::min(T::max(x, T::set1(-87.3f)), T::set1(88.7f));
+  const V magic = T::set1(12582912.f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const V n = T::add(T::add(T::mul_rounded(x, T::set1(1.44269504088896341f)), magic), T::set1(-12582912.f));
+  V f = T::add(x, T::mul_rounded(n, T::set1(-0.693359375f)));
+  f = T::add(f, T::mul_rounded(n, T::set1(2.12194440e-4f)));
+  V p = T::set1(1.9875691500e-4f);
+  p = T::add(T::mul_rounded(p, f), T::set1(1.3981999507e-3f));
+  p = T::add(T::mul_rounded(p, f), T::set1(8.3334519073e-3f));
+  p = T::add(T::mul_rounded(p, f), T::set1(4.1665795894e-2f));
+  p = T::add(T::mul_rounded(p, f), T::set1(1.6666665459e-1f));
+  p = T::add(T::mul_rounded(p, f), T::set1(5.0000001201e-1f));
+  p = T::add(T::add(T::mul_rounded(T::mul_rounded(p, f), f), f), T::set1(1.f));
+  return T::mul_rounded(p, T::pow2n(n));
+}
+
 // The conv epilogue's activation (ConvCall::act); lo is 0 for ReLU.
 template <class T>
 __attribute__((always_inline)) static inline typename T::V activate(int act, typename T::V x, typename T::V lo,
@@ -97,6 +117,10 @@ __attribute__((always_inline)) static inline typename T::V activate(int act, typ
   if (act == 3) {  // hardswish: x * min(max(x + 3, 0), 6) / 6
     const typename T::V r = T::min(T::max(T::add(x, T::set1(3.f)), T::zero()), T::set1(6.f));
     return T::mul_rounded(T::mul_rounded(x, r), T::set1(1.f / 6.f));
+  }
+  if (act == 4) {  // SiLU: x / (1 + e^-x)
+    const typename T::V e = vexp<T>(T::mul_rounded(x, T::set1(-1.f)));
+    return T::div(x, T::add(T::set1(1.f), e));
   }
   return x;
 }

@@ -56,6 +56,17 @@ struct S8 {
     for (int i = 0; i < W; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i];
     return a;
   }
+  static V div(V a, V b) {
+    for (int i = 0; i < W; ++i) a.v[i] /= b.v[i];
+    return a;
+  }
+  static V pow2n(V n) {  // 2^n for lanes holding integers n in [-126, 127]
+    for (int i = 0; i < W; ++i) {
+      const int32_t bits = (static_cast<int32_t>(n.v[i]) + 127) << 23;
+      std::memcpy(&n.v[i], &bits, sizeof(bits));
+    }
+    return n;
+  }
   static void store(float* p, V v) { std::memcpy(p, v.v, sizeof(v.v)); }
   static void storeu(float* p, V v) { std::memcpy(p, v.v, sizeof(v.v)); }
   static constexpr uint32_t kFull = 0xFFu;

@@ -58,7 +58,7 @@ struct Buffer {
 struct ConvOp {
   int in, out, res;
   int O, I, kh, kw, sh, sw, ph, pw, dh, dw;
-  int act = 0;                        // 0 none, 1 ReLU, 2 clamp to [act_lo, act_hi], 3 hardswish
+  int act = 0;                        // 0 none, 1 ReLU, 2 clamp to [act_lo, act_hi], 3 hardswish, 4 SiLU
   float act_lo = 0.f, act_hi = 0.f;
   int gate;
   int groups = 1;                     // I / groups inputs per output channel, as in PyTorch
@@ -120,7 +120,7 @@ struct ShortcutOp {
 
 struct SeOp {
   int in, out, C, hidden;
-  int act1;      // 0 none, 1 ReLU
+  int act1;      // 0 none, 1 ReLU, 2 SiLU
   int gate_act;  // 0 hardsigmoid, 1 sigmoid
   const float *w1, *b1, *w2, *b2;  // transposed: w1 C x hidden, w2 hidden x C
 };

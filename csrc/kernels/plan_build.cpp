@@ -179,7 +179,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         c.pw = fld(schema::conv::pw, "pw", 0, kMaxKernel);
         c.dh = fld(schema::conv::dh, "dh", 1, kMaxKernel);
         c.dw = fld(schema::conv::dw, "dw", 1, kMaxKernel);
-        c.act = static_cast<int>(fld(schema::conv::act, "act", 0, 3));
+        c.act = static_cast<int>(fld(schema::conv::act, "act", 0, 4));
         c.gate = fld(schema::conv::gate, "gate", -1, static_cast<int64_t>(gate_sizes_.size()) - 1);
         c.groups = static_cast<int>(fld(schema::conv::groups, "groups", 1, kMaxDim));
         c.follow = fld(schema::conv::follow, "follow", 0, 1) != 0;
@@ -389,7 +389,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         const Buffer &bi = buffers_[e.in], &bo = buffers_[e.out];
         e.C = static_cast<int>(fld(schema::se::channels, "channels", 1, kMaxDim));
         e.hidden = static_cast<int>(fld(schema::se::hidden, "hidden", 1, kMaxDim));
-        e.act1 = static_cast<int>(fld(schema::se::act1, "act1", 0, 1));
+        e.act1 = static_cast<int>(fld(schema::se::act1, "act1", 0, 2));
         e.gate_act = static_cast<int>(fld(schema::se::gate_act, "gate_act", 0, 1));
         if (e.C != bi.C || bi.C != bo.C || bi.H != bo.H || bi.W != bo.W || bi.slot == bo.slot)
           throw PlanError("se op " + std::to_string(opi) + ": " + std::to_string(e.C) +

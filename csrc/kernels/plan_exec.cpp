@@ -574,6 +574,8 @@ struct Executor {
     for (int c : act) sv[c] = s[c] * inv;
     float* h = ws.hidden.data();
     gemv(P.isa_, e.w1, sv, act.data(), static_cast<int>(act.size()), e.b1, h, e.hidden, e.act1 == 1);
+    if (e.act1 == 2)
+      for (int j = 0; j < e.hidden; ++j) h[j] = h[j] / (1.f + std::exp(-h[j]));  // SiLU
     float* g = ws.glog.data();
     gemv(P.isa_, e.w2, h, nullptr, e.hidden, e.b2, g, e.C, false);
     ws.active[e.out] = act;

@@ -11,7 +11,8 @@
 // with any change below that alters the wire layout.
 #define DYNINFER_PLAN_VERSION 3  // 2: conv's unused 18th field ("reserved", always 1) removed
                                  // 3: conv's relu became act (0 none, 1 relu, 2 clamp to act_bounds);
-                                 //    conv groups, follow and act_bounds added; act 3 = hardswish;
+                                 //    conv groups, follow and act_bounds added; act 3 = hardswish,
+                                 //    4 = SiLU;
                                  //    linear's relu became act (0, 1, 3), its weight is stored
                                  //    transposed; the se op
 
@@ -23,7 +24,7 @@
 
 // Weight fields hold an index into the plan's weight list; buffer fields a buffer index.
 // conv: act 0 none, 1 ReLU, 2 clamp to [lo, hi] (act_bounds: a weight of 2 floats, else -1),
-// 3 hardswish x * min(max(x + 3, 0), 6) / 6;
+// 3 hardswish x * min(max(x + 3, 0), 6) / 6, 4 SiLU x / (1 + e^-x);
 // groups as in PyTorch (weight O x I/groups x kh x kw); follow 1 (depthwise, groups = I = O, no gate):
 // output channel c is computed only where input channel c is live, as its producer's gate decided.
 #define DYNINFER_CONV_FIELDS(F)                                                                          \
@@ -37,7 +38,8 @@
 // linear: weight transposed (in_features x out_features); act 0, 1 ReLU, 3 hardswish
 #define DYNINFER_LINEAR_FIELDS(F) F(input) F(output) F(weight) F(bias) F(act)
 // Squeeze-and-excitation: out = x * gate(fc2(act1(fc1(GAP(x))))) per channel; fc weights transposed
-// (C x hidden, hidden x C) as the gate op's; act1 0 none / 1 ReLU; gate_act 0 hardsigmoid, 1 sigmoid.
+// (C x hidden, hidden x C) as the gate op's; act1 0 none / 1 ReLU / 2 SiLU; gate_act 0 hardsigmoid,
+// 1 sigmoid.
 #define DYNINFER_SE_FIELDS(F) \
   F(input) F(output) F(fc1_weight) F(fc1_bias) F(fc2_weight) F(fc2_bias) F(channels) F(hidden) F(act1) F(gate_act)
 #define DYNINFER_CONCAT_FIELDS(F) F(output)  // followed by the input buffers (variadic)

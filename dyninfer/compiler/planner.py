@@ -6,7 +6,7 @@ its fields by name); :func:`encode_ops` and :func:`encode_meta` lay them out onc
 the wire schema the extension declares (csrc/kernels/plan_schema.h, ``dyninfer._C.plan_schema()``),
 so the layout is written in one place only.
 
-Fusion: a conv absorbs the chain ``conv -> [BatchNorm2d] -> [ReLU or clamp (ReLU6, Hardtanh)] ->
+Fusion: a conv absorbs the chain ``conv -> [BatchNorm2d] -> [ReLU, clamp (ReLU6, Hardtanh), Hardswish or SiLU] ->
 [gate | FollowGate] -> [+ residual] -> [ReLU]`` when every link has a single user (an activation
 before the residual add stops the chain there, because the kernel applies its activation after the
 add). Every node is read through the one op table (dyninfer.nn.graph.classify) that decouple and
@@ -31,7 +31,7 @@ from ..nn.graph import NodeOp, classify, match_se
 CONV, GATE, MAXPOOL, AVGPOOL, LINEAR, CONCAT, ADD, AFFINE, SHORTCUT, SE = (
     "conv", "gate", "maxpool", "avgpool", "linear", "concat", "add", "affine", "shortcut", "se")
 # activation codes of the conv and linear epilogues (plan_schema.h)
-_ACT_CODE = {"relu": 1, "clamp": 2, "hardswish": 3}
+_ACT_CODE = {"relu": 1, "clamp": 2, "hardswish": 3, "silu": 4}
 
 
 
@@ -375,7 +375,7 @@ class _Builder:
             raise self.unsupported(node, f"expects {m.in_features} features, input has {bi.C}x{bi.H}x{bi.W}")
         act_node = self.only_user(node)
         act = self.op(act_node).kind if act_node is not None else None
-        act = act if act in ("relu", "hardswish") else None
+        act = act if act in ("relu", "hardswish") else None  # the Linear epilogue has no SiLU
         end = act_node if act else node
         out = self.new_buffer(end)
         b = m.bias if m.bias is not None else torch.zeros(m.out_features)
@@ -544,7 +544,7 @@ class _Builder:
         elif k == "follow":
             raise self.unsupported(node, "a FollowGate must follow a depthwise conv->BN(->activation) unit that "
                                          "reads its gate's output directly (as dyninfer.decouple places it)")
-        elif k in ("clamp", "hardswish"):
+        elif k in ("clamp", "hardswish", "silu"):
             raise self.unsupported(node, f"{op.label} runs only fused after a conv(->BN) unit (or hardswish after "
                                          "a Linear); standalone it is not supported yet")
         elif k in ("hardsigmoid", "sigmoid"):

@@ -1,6 +1,6 @@
 """decouple(): turn a plain CNN into a decoupled (gated) one with torch.fx.
 
-A *unit* is ``conv [-> BatchNorm2d] [-> ReLU, ReLU6/Hardtanh or Hardswish]``. Every unit except the one holding the network's
+A *unit* is ``conv [-> BatchNorm2d] [-> ReLU, ReLU6/Hardtanh, Hardswish or SiLU]``. Every unit except the one holding the network's
 first conv and any conv that is the network's last layer gets an ArchitectureControl that reads
 the unit's input. The gate is applied after the unit's ReLU, or after its BN when no ReLU follows
 (the second conv of a residual block: its gate applies before the addition).
@@ -73,7 +73,7 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 def _units(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
     """(conv node, bn node or None, node after which the gate applies) for every conv module: the
-    unit is conv [-> BatchNorm2d] [-> ReLU, a clamp such as ReLU6, or Hardswish], each link its
+    unit is conv [-> BatchNorm2d] [-> ReLU, a clamp such as ReLU6, Hardswish or SiLU], each link its
     input's only user."""
     modules = dict(gm.named_modules())
     units = []
@@ -85,7 +85,7 @@ def _units(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
         if nxt is not None and nxt.op == "call_module" and isinstance(modules[nxt.target], nn.BatchNorm2d):
             end = bn = nxt
             nxt = _only_user(bn)
-        if nxt is not None and classify(nxt, modules).kind in ("relu", "clamp", "hardswish"):
+        if nxt is not None and classify(nxt, modules).kind in ("relu", "clamp", "hardswish", "silu"):
             end = nxt
         units.append((node, bn, end))
     return units
@@ -142,7 +142,7 @@ def decouple(model: nn.Module, reduction: int = 4, skip: Iterable[str] = (),
 
     ``skip`` names conv paths to leave ungated in addition to the first and last layer; ``only``,
     when given, names the conv paths to gate (every other conv stays ungated). A unit is
-    conv [-> BatchNorm2d] [-> ReLU, ReLU6/Hardtanh or Hardswish]; its gate applies after the unit's
+    conv [-> BatchNorm2d] [-> ReLU, ReLU6/Hardtanh, Hardswish or SiLU]; its gate applies after the unit's
     last link (a conv with bias and no BN is gated after its activation, or right after the conv);
     the two FCs of a squeeze-and-excitation block stay ungated. Grouped
     and depthwise convs stay ungated; a depthwise unit that reads a gated unit's output is masked

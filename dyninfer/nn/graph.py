@@ -11,6 +11,7 @@ becomes one :class:`NodeOp` with a kind and its arguments by name, defaults fill
     relu               nn.ReLU; F.relu, torch.relu, torch.relu_; x.relu(), x.relu_()
     clamp              nn.ReLU6, nn.Hardtanh; F.relu6, F.hardtanh                 lo, hi
     hardswish          nn.Hardswish; F.hardswish
+    silu               nn.SiLU; F.silu
     hardsigmoid        nn.Hardsigmoid; F.hardsigmoid
     sigmoid            nn.Sigmoid; torch.sigmoid, F.sigmoid; x.sigmoid()
     linear             nn.Linear; F.linear                                        (module) / weight
@@ -45,7 +46,7 @@ from torch import nn
 
 __all__ = ["NodeOp", "classify", "match_se", "KINDS"]
 
-KINDS = ("conv", "batch_norm", "relu", "clamp", "hardswish", "hardsigmoid", "sigmoid", "follow", "linear", "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "add", "sub",
+KINDS = ("conv", "batch_norm", "relu", "clamp", "hardswish", "silu", "hardsigmoid", "sigmoid", "follow", "linear", "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "add", "sub",
          "mul", "cat", "flatten", "reshape", "identity", "gate", "shortcut", "shape", "unknown",
          "placeholder", "get_attr", "output")
 
@@ -167,6 +168,8 @@ def _module_op(node: fx.Node, m: nn.Module) -> NodeOp:
         return NodeOp("relu", x, {}, m, label)
     if isinstance(m, nn.Hardswish):
         return NodeOp("hardswish", x, {}, m, label)
+    if isinstance(m, nn.SiLU):
+        return NodeOp("silu", x, {}, m, label)
     if isinstance(m, nn.Hardsigmoid):
         return NodeOp("hardsigmoid", x, {}, m, label)
     if isinstance(m, nn.Sigmoid):
@@ -209,6 +212,8 @@ def _function_op(node: fx.Node) -> NodeOp:
         return bound("relu", "relu", ())
     if t is F.hardswish:
         return bound("relu", "hardswish", ())
+    if t is F.silu:
+        return bound("relu", "silu", ())
     if t is F.hardsigmoid:
         return bound("relu", "hardsigmoid", ())
     if t in (torch.sigmoid, F.sigmoid):
@@ -315,10 +320,11 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> NodeOp:
 
 
 def match_se(node: fx.Node, modules: dict[str, nn.Module]) -> dict | None:
-    """Squeeze-and-excitation ``x * gate(fc2([relu](fc1(GAP(x)))))`` ending at the product ``node``:
+    """Squeeze-and-excitation ``x * gate(fc2([relu | silu](fc1(GAP(x)))))`` ending at the product ``node``:
     gate hardsigmoid or sigmoid, fc1 / fc2 1x1 convs as torchvision's SqueezeExcitation writes them,
     GAP an adaptive average pool to 1x1 or a spatial mean with keepdim, every inner node used once.
-    Returns {"x", "fc1", "fc2" (modules), "fc1_node", "fc2_node", "act1", "gate_act" (0 hardsigmoid,
+    Returns {"x", "fc1", "fc2" (modules), "fc1_node", "fc2_node", "act1" (0 none, 1 ReLU, 2 SiLU),
+    "gate_act" (0 hardsigmoid,
     1 sigmoid), "nodes" (the inner nodes)}, or None. decouple() leaves the two FCs ungated and the
     planner runs the block as one op."""
     op = classify(node, modules)
@@ -336,7 +342,8 @@ def match_se(node: fx.Node, modules: dict[str, nn.Module]) -> dict | None:
             continue
         c2 = sop.x
         a1 = c2.args[0]
-        act1 = isinstance(a1, fx.Node) and classify(a1, modules).kind == "relu" and len(a1.users) == 1
+        a1_kind = classify(a1, modules).kind if isinstance(a1, fx.Node) else None
+        act1 = a1_kind in ("relu", "silu") and len(a1.users) == 1
         c1 = classify(a1, modules).x if act1 else a1
         if not conv1x1(c1) or not isinstance(c1.args[0], fx.Node):
             continue
@@ -348,6 +355,6 @@ def match_se(node: fx.Node, modules: dict[str, nn.Module]) -> dict | None:
                 or pop.kind == "mean" and pop.params["dims"] == (2, 3) and pop.params["keepdim"]):
             continue
         return {"x": x, "fc1": modules[c1.target], "fc2": modules[c2.target], "fc1_node": c1, "fc2_node": c2,
-                "act1": int(act1), "gate_act": 0 if sop.kind == "hardsigmoid" else 1,
+                "act1": (1 if a1_kind == "relu" else 2) if act1 else 0, "gate_act": 0 if sop.kind == "hardsigmoid" else 1,
                 "nodes": [pool, c1] + ([a1] if act1 else []) + [c2, sig]}
     return None
