@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "dyninfer" / "assets" / "resnet56_digits_dynamic.safetensors"
 MODELS = ("resnet20", "resnet56", "resnet110", "vgg16_cifar", "googlenet_cifar", "resnet18", str(ASSET))
 FAMILIES = ("mobilenet_v2_cifar", "resnext50_32x4d", "mobilenet_v2", "resnet50", "mobilenet_v3_small", "squeezenet1_1",
-            "densenet121", "vgg11_bn")
+            "densenet121", "vgg11_bn", "efficientnet_b0")
 SWEEP = (1.0, 0.75, 0.5, 0.25)
 BATCHES = (1, 2, 4, 8, 16, 32)
 EAGER_BUDGET_S = 2.0

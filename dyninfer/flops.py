@@ -86,6 +86,8 @@ FVCORE_HANDLES: dict[str, None] = {
     "aten::sigmoid": None,
     "aten::silu": None,
     "aten::silu_": None,
+    "aten::dropout": None,     # identity in eval
+    "aten::dropout_": None,
 }
 
 

@@ -97,7 +97,8 @@ def test_clamp_after_a_residual_add_stays_outside_the_conv():
         dyninfer.compile(Net().eval(), example_input=torch.randn(1, 4, 5, 5))
 
 
-FAMILIES = ["resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v2_cifar", "mobilenet_v3_small"]
+FAMILIES = ["resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v2_cifar", "mobilenet_v3_small",
+            "efficientnet_b0"]
 
 
 class SEBlock(nn.Module):
@@ -206,7 +207,7 @@ def test_family_decouples_with_expected_structure(name):
     assert grouped or name == "resnet50"
     assert not {n + "_gate" for n in grouped} & gated  # grouped convs are never gated
     follows = [m for m in model.modules() if isinstance(m, FollowGate)]
-    if name.startswith("mobilenet"):
+    if name.startswith(("mobilenet", "efficientnet")):
         # every depthwise conv after an expansion follows that expansion's gate
         assert len(follows) == sum(1 for n, m in convs.items() if m.groups > 1) - 1
     else:

@@ -14,6 +14,7 @@ from torch import nn
 from ..nn import decouple
 from .cifar_resnet import resnet20, resnet32, resnet56, resnet110
 from .classic import densenet121, squeezenet1_1, vgg11_bn
+from .efficientnet import efficientnet_b0
 from .googlenet import googlenet_cifar
 from .mobilenet import mobilenet_v2, mobilenet_v2_cifar, mobilenet_v3_small
 from .resnet_bottleneck import resnet50, resnext50_32x4d
@@ -49,6 +50,7 @@ _REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("vgg11_bn", vgg11_bn, (3, 224, 224), "imagenet"),
         ModelInfo("squeezenet1_1", squeezenet1_1, (3, 224, 224), "imagenet"),
         ModelInfo("densenet121", densenet121, (3, 224, 224), "imagenet"),
+        ModelInfo("efficientnet_b0", efficientnet_b0, (3, 224, 224), "imagenet"),
     ]
 }
 
