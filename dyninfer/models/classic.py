@@ -9,19 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .vgg import make_features
+
 
 class VGG(nn.Module):
     def __init__(self, cfg: list, num_classes: int = 1000, hidden: int = 4096):
         super().__init__()
-        layers: list[nn.Module] = []
-        c = 3
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
-                c = v
-        self.features = nn.Sequential(*layers)
+        self.features, c = make_features(cfg, bias=True)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(nn.Linear(c * 49, hidden), nn.ReLU(True), nn.Dropout(0.5),
                                         nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(0.5),

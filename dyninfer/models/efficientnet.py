@@ -7,18 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-class SqueezeExcitation(nn.Module):
-    def __init__(self, channels: int, squeeze: int):
-        super().__init__()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, squeeze, 1)
-        self.fc2 = nn.Conv2d(squeeze, channels, 1)
-        self.activation = nn.SiLU()
-        self.scale_activation = nn.Sigmoid()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x))))) * x
+from .mobilenet import SqueezeExcitation
 
 
 def conv_bn_silu(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
@@ -37,7 +26,7 @@ class MBConv(nn.Module):
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(conv_bn_silu(cin, hidden))
-        layers += [conv_bn_silu(hidden, hidden, k, stride, groups=hidden), SqueezeExcitation(hidden, max(1, cin // 4)),
+        layers += [conv_bn_silu(hidden, hidden, k, stride, groups=hidden), SqueezeExcitation(hidden, max(1, cin // 4), nn.SiLU, nn.Sigmoid),
                    conv_bn_silu(hidden, cout, act=False)]
         self.block = nn.Sequential(*layers)
 

@@ -77,15 +77,17 @@ def mobilenet_v2_cifar(num_classes: int = 10) -> MobileNetV2:
 
 
 class SqueezeExcitation(nn.Module):
-    """x * hardsigmoid(fc2(relu(fc1(GAP(x))))), the FCs as 1x1 convs (torchvision's layout)."""
+    """x * scale_activation(fc2(activation(fc1(GAP(x))))), the FCs as 1x1 convs (torchvision's
+    layout): ReLU and Hardsigmoid in MobileNetV3, SiLU and Sigmoid in EfficientNet."""
 
-    def __init__(self, channels: int, squeeze: int):
+    def __init__(self, channels: int, squeeze: int, activation: type = nn.ReLU,
+                 scale_activation: type = nn.Hardsigmoid):
         super().__init__()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(channels, squeeze, 1)
         self.fc2 = nn.Conv2d(squeeze, channels, 1)
-        self.activation = nn.ReLU()
-        self.scale_activation = nn.Hardsigmoid()
+        self.activation = activation()
+        self.scale_activation = scale_activation()
 
     def forward(self, x: Tensor) -> Tensor:
         scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))

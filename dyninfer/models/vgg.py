@@ -7,18 +7,23 @@ from torch import Tensor, nn
 CFG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
 
+def make_features(cfg: list, bias: bool) -> tuple[nn.Sequential, int]:
+    """VGG's conv3x3-BN-ReLU stack ("M": a 2x2 max pool) and its output channels."""
+    layers: list[nn.Module] = []
+    c = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, 1, 1, bias=bias), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            c = v
+    return nn.Sequential(*layers), c
+
+
 class VGGCifar(nn.Module):
     def __init__(self, cfg: list = CFG16, num_classes: int = 10):
         super().__init__()
-        layers: list[nn.Module] = []
-        c = 3
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(c, v, 3, 1, 1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
-                c = v
-        self.features = nn.Sequential(*layers)
+        self.features, c = make_features(cfg, bias=False)
         self.pool = nn.AvgPool2d(2)
         self.classifier = nn.Linear(c, num_classes)
         for m in self.modules():
