@@ -31,6 +31,22 @@ struct IsPairs : std::false_type {};
 template <class T>
 struct IsPairs<T, std::void_t<decltype(T::kPairs)>> : std::bool_constant<T::kPairs> {};
 
+// T::nv_for(M): output vectors per register tile of M channels. An ISA with registers to spare
+// lets shorter tiles grow wider, so a group of 4 or 5 channels (a gated layer keeping 9 or 10 of
+// 16, split 5 + 4) still runs about two FMAs per broadcast load; T::kNV for every M otherwise.
+template <class T, class = void>
+struct HasNvFor : std::false_type {};
+template <class T>
+struct HasNvFor<T, std::void_t<decltype(T::nv_for(1))>> : std::true_type {};
+template <class T>
+constexpr int nv_for(int m) {
+  if constexpr (HasNvFor<T>::value) {
+    return T::nv_for(m);
+  } else {
+    return T::kNV;
+  }
+}
+
 template <class T, int M, int NV, int KH, int KW, bool S2>
 __attribute__((always_inline)) static inline void micro(const ConvCall& c, const float* const* wrow,
                                                       const int64_t* voff, typename T::V (&acc)[M][NV]) {
@@ -176,22 +192,39 @@ static void tile_nv(const ConvCall& c, int k0, int v0, int nv, float* vsums) {
     tile<T, M, NV, KH, KW, S2>(c, k0, v0, vsums);
   } else if constexpr (NV > 1) {
     tile_nv<T, M, KH, KW, S2, NV - 1>(c, k0, v0, nv, vsums);
+  } else {
+    __builtin_trap();  // nv outside [1, NV]: run_shape's widths come from nv_for, non-increasing in M
   }
 }
 
-// Vector registers a tile of T::kMaxM channels x T::kNV vectors holds at once: the accumulators,
-// plus the NV input vectors and one broadcast (inputs first), or the M broadcast weights and one
-// input vector. Checked against the ISA's register file at compile time (run below), so a tile
-// height cannot outgrow it and spill in the inner loop.
+// Vector registers the widest tile of any height M <= T::kMaxM holds at once (M x nv_for(M)
+// accumulators, plus the NV input vectors and one broadcast (inputs first), or the M broadcast
+// weights and one input vector). Checked against the ISA's register file at compile time (run
+// below), so no tile shape can outgrow it and spill in the inner loop.
 template <class T>
 constexpr int tile_registers() {
-  return T::kMaxM * T::kNV + (T::kInputsFirst ? T::kNV + 1 : T::kMaxM + 1);
+  int most = 0;
+  for (int m = 1; m <= T::kMaxM; ++m) {
+    const int nv = nv_for<T>(m);
+    const int regs = m * nv + (T::kInputsFirst ? nv + 1 : m + 1);
+    most = regs > most ? regs : most;
+  }
+  return most;
+}
+
+template <class T>
+constexpr bool tile_widths_valid() {
+  // Every group of a conv is at most as tall as the tallest, whose width run_shape uses for all:
+  // widths must not grow with the height.
+  for (int m = 1; m <= T::kMaxM; ++m)
+    if (nv_for<T>(m) < 1 || nv_for<T>(m) > 8 || (m > 1 && nv_for<T>(m) > nv_for<T>(m - 1))) return false;
+  return nv_for<T>(T::kMaxM) == T::kNV;
 }
 
 template <class T, int KH, int KW, bool S2, int M>
 static inline void tile_m(const ConvCall& c, int m, int k0, int v0, int nv, float* vsums) {
   if (m == M) {
-    tile_nv<T, M, KH, KW, S2>(c, k0, v0, nv, vsums);
+    tile_nv<T, M, KH, KW, S2, nv_for<T>(M)>(c, k0, v0, nv, vsums);
   } else if constexpr (M > 1) {
     tile_m<T, KH, KW, S2, M - 1>(c, m, k0, v0, nv, vsums);
   } else {
@@ -209,8 +242,14 @@ static void run_shape(const ConvCall& c) {
   for (int g = c.g_begin; g < c.g_end; ++g)
     for (int k = c.group_start[g]; k < c.group_start[g] + c.group_size[g]; ++k) T::store(vsums + k * T::W, T::zero());
   // Pixel tiles of near-equal size (5 vectors -> 3 + 2, not 4 + 1: a one-vector tile has too few
-  // independent accumulators to hide the FMA latency).
-  const int n_tiles = (c.n_vec + T::kNV - 1) / T::kNV;
+  // independent accumulators to hide the FMA latency), as wide as the tallest group's tile allows
+  // (groups differ by at most one channel; a shorter group uses the same width, fewer registers).
+  int tallest = 1;
+  for (int g = c.g_begin; g < c.g_end; ++g) tallest = c.group_size[g] > tallest ? c.group_size[g] : tallest;
+  int width = T::kNV;
+  for (int m = 1; m <= T::kMaxM; ++m)
+    if (m == tallest) width = nv_for<T>(m);
+  const int n_tiles = (c.n_vec + width - 1) / width;
   const int base = n_tiles > 0 ? c.n_vec / n_tiles : 0, extra = n_tiles > 0 ? c.n_vec % n_tiles : 0;
   int v0 = 0;
   for (int t = 0; t < n_tiles; ++t) {
@@ -230,6 +269,7 @@ static void run(const ConvCall& c) {
   static_assert(tile_registers<T>() <= T::kRegs, "conv tile: kMaxM x kNV accumulators and their operands exceed "
                                                  "the ISA's vector registers");
   static_assert(T::kMaxM >= 1 && T::kNV >= 1, "conv tile: empty tile");
+  static_assert(tile_widths_valid<T>(), "conv tile: nv_for(M) must be in [1, 8], non-increasing in M, and kNV at kMaxM");
   if constexpr (T::kHasDeinterleave) {
     if (c.stride2) {
       if (c.kh == 3 && c.kw == 3) run_shape<T, 3, 3, true>(c);
