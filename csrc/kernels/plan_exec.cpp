@@ -141,18 +141,7 @@ struct Executor {
     if (open) {
       for (int n = 0; n < g.N; ++n) kept.push_back(n);
     } else {
-      channel_sums(g.in);
-      const Buffer& B = P.buffers_[g.in];
-      const float inv = 1.0f / static_cast<float>(B.H * B.W);
-      const auto& act = ws.active[g.in];
-      const auto& s = ws.sums[g.in];
-      // s = GAP of the gate input; channels the producer dropped are zero and skipped.
-      float* sv = ws.gvec.data();
-      for (int c : act) sv[c] = s[c] * inv;
-      float* h = ws.hidden.data();
-      gemv(P.isa_, g.w1, sv, act.data(), static_cast<int>(act.size()), g.b1, h, g.hidden, true);
-      float* lg = ws.glog.data();
-      gemv(P.isa_, g.w2, h, nullptr, g.hidden, g.b2, lg, g.N, false);
+      const float* lg = squeeze(g.in, g.w1, g.b1, g.hidden, 1, g.w2, g.b2, g.N);
       if (g.force_k >= 0) {
         auto& idx = ws.tmp;
         for (int n = 0; n < g.N; ++n) idx[n] = n;
@@ -564,20 +553,31 @@ struct Executor {
 
   // Squeeze-and-excitation: per-channel scales from the GAP of the live channels (dropped ones are
   // zero: they add nothing to fc1 and stay zero when scaled), then each live plane times its scale.
-  void se(const SeOp& e) {
-    channel_sums(e.in);
-    const Buffer &bi = P.buffers_[e.in], &bo = P.buffers_[e.out];
-    const float inv = 1.0f / static_cast<float>(bi.H * bi.W);
-    const auto& act = ws.active[e.in];
-    const auto& s = ws.sums[e.in];
+  // The squeeze both a gate and a squeeze-and-excitation op start with: GAP of buffer `in`'s live
+  // channels (a dropped channel is zero and skipped) -> FC (w1, b1) -> act1 (1 ReLU, 2 SiLU) -> FC
+  // (w2, b2); returns the n outputs (in ws.glog).
+  const float* squeeze(int in, const float* w1, const float* b1, int hidden, int act1, const float* w2,
+                       const float* b2, int n) {
+    channel_sums(in);
+    const Buffer& B = P.buffers_[in];
+    const float inv = 1.0f / static_cast<float>(B.H * B.W);
+    const auto& act = ws.active[in];
+    const auto& s = ws.sums[in];
     float* sv = ws.gvec.data();
     for (int c : act) sv[c] = s[c] * inv;
     float* h = ws.hidden.data();
-    gemv(P.isa_, e.w1, sv, act.data(), static_cast<int>(act.size()), e.b1, h, e.hidden, e.act1 == 1);
-    if (e.act1 == 2)
-      for (int j = 0; j < e.hidden; ++j) h[j] = h[j] / (1.f + std::exp(-h[j]));  // SiLU
-    float* g = ws.glog.data();
-    gemv(P.isa_, e.w2, h, nullptr, e.hidden, e.b2, g, e.C, false);
+    gemv(P.isa_, w1, sv, act.data(), static_cast<int>(act.size()), b1, h, hidden, act1 == 1);
+    if (act1 == 2)
+      for (int j = 0; j < hidden; ++j) h[j] = h[j] / (1.f + std::exp(-h[j]));  // SiLU
+    float* out = ws.glog.data();
+    gemv(P.isa_, w2, h, nullptr, hidden, b2, out, n, false);
+    return out;
+  }
+
+  void se(const SeOp& e) {
+    const Buffer &bi = P.buffers_[e.in], &bo = P.buffers_[e.out];
+    const float* g = squeeze(e.in, e.w1, e.b1, e.hidden, e.act1, e.w2, e.b2, e.C);
+    const auto& act = ws.active[e.in];
     ws.active[e.out] = act;
     ws.sums_valid[e.out] = 0;
     for (size_t i = 0; i < act.size(); ++i) {

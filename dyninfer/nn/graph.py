@@ -83,7 +83,7 @@ _SIG: dict[str, tuple[tuple[str, Any], ...]] = {
 }
 
 
-def _bind(sig: str, args: tuple, kwargs: dict, method: bool = False) -> dict[str, Any] | None:
+def _bind(sig: str, args: tuple, kwargs: dict) -> dict[str, Any] | None:
     """Arguments of a call by parameter name, defaults filled in; None when they do not fit."""
     names = _SIG[sig]
     out: dict[str, Any] = {}
