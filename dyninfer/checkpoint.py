@@ -63,6 +63,15 @@ def _gate_reduction(model: nn.Module) -> int | None:
     return next(iter(g.values())).reduction if g else None
 
 
+def _gate_boost(model: nn.Module) -> bool:
+    from .nn import gates
+
+    flags = {bool(g.boost) for g in gates(model).values()}
+    if len(flags) > 1:
+        raise CheckpointError("some gates are boosted and some are not: the model spec has one flag for all")
+    return flags == {True}
+
+
 def _num_classes(model: nn.Module) -> int | None:
     last = [m for m in model.modules() if isinstance(m, nn.Linear) and not _is_gate_part(model, m)]
     return last[-1].out_features if last else None
@@ -81,8 +90,11 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
         raise CheckpointError(f"{type(model).__name__} was not built by dyninfer.models.create_model "
                               f"(no 'dyninfer_name'); load_model() could not rebuild it")
     reduction = _gate_reduction(model)
-    return {"name": name, "num_classes": _num_classes(model), "gated": reduction is not None,
+    spec = {"name": name, "num_classes": _num_classes(model), "gated": reduction is not None,
             "reduction": reduction if reduction is not None else 4}
+    if _gate_boost(model):
+        spec["boost"] = True
+    return spec
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, Tensor], config: Mapping[str, Any],
@@ -177,6 +189,15 @@ def load_model(path: str | os.PathLike) -> nn.Module:
                              reduction=spec.get("reduction", 4))
     except ValueError as exc:
         raise CheckpointError(f"{p}: cannot rebuild model {spec}: {exc}") from exc
+    boost = spec.get("boost", False)
+    if not isinstance(boost, bool) or (boost and not spec["gated"]):
+        raise CheckpointError(f"{p}: model spec 'boost' must be true or false, and true only for a gated model; "
+                              f"got {spec!r}")
+    if boost:
+        from .nn import gates
+
+        for g in gates(model).values():
+            g.boost = True
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

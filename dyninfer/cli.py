@@ -68,6 +68,7 @@ _TRAIN_HELP = {
     "freeze_gates_from": "from this fraction of the epochs on, gates are frozen and only the task loss trains the weights",
     "core_ratio": "static core: this share of each layer's filters (strongest mean responses) is on for every input; the gates choose among the rest",
     "detach_gate_input": "gates read their inputs detached: the decoupling losses train the gates only, the backbone trains on the task loss",
+    "boost_gates": "boosted gates: each kept channel is scaled per input by 2*sigmoid(gate logit), in (1, 2)",
     "autocast": "bf16: train under CPU bf16 autocast (faster with AMX / AVX512_BF16); off: FP32",
     "static_eval": "each epoch, also the accuracy on the static majority path",
     "resume": "continue from OUT_DIR/resume.pt (saved after every epoch) when it exists",

@@ -116,6 +116,8 @@ class TrainConfig:
     # decoupling losses or of the gates' straight-through estimator reaches the backbone's weights,
     # which train on the task loss (and distillation) alone, as a static mask's do
     detach_gate_input: bool = False
+    # boosted gates (ArchitectureControl.boost): kept channels scaled per input by 2·σ(g)
+    boost_gates: bool = False
     autocast: str = "off"  # "bf16": train under CPU bf16 autocast (fast where the CPU has AMX / AVX512_BF16); eval is FP32
     static_eval: bool = True  # each epoch, also the accuracy on the static majority path (one more test pass)
     resume: bool = False  # continue from out_dir/resume.pt (written after every epoch) when it exists
@@ -563,7 +565,7 @@ _RESUME_FREE = {"resume", "progress", "threads", "num_workers", "out_dir"}
 
 # fields that only a gated run reads: a dense run's resume state ignores them
 _GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "rt_decay",
-               "hard_gates_from", "freeze_gates_from", "core_ratio", "detach_gate_input",
+               "hard_gates_from", "freeze_gates_from", "core_ratio", "detach_gate_input", "boost_gates",
                "static_eval"}
 
 
@@ -670,6 +672,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
     core_gates = list(gates(model).values()) if core is not None else []
     for g in gates(model).values():  # for the whole run; the returned model's gates are reset below
         g.detach_input = cfg.detach_gate_input
+        g.boost = cfg.boost_gates
     if cfg.freeze_gates:
         for g in gates(model).values():
             g.requires_grad_(False)

@@ -42,6 +42,29 @@ def test_round_trip_identical_outputs(tmp_path, gated):
     assert meta["sha256"] == weights_sha256(model.state_dict())
 
 
+def test_boosted_gates_round_trip_and_bad_flags_are_refused(tmp_path):
+    from dyninfer.nn import gates
+
+    model = _trained_looking(create_model("resnet20", num_classes=5, gated=True))
+    for g in gates(model).values():
+        g.boost = True
+    path = save_checkpoint(tmp_path / "ck", model, {})
+    assert read_metadata(path)["config"]["model"]["boost"] is True
+    loaded = load_model(path)
+    assert all(g.boost for g in gates(loaded).values())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    state, config = load_checkpoint(path)
+    for bad in ("yes", 1):
+        config["model"]["boost"] = bad
+        p2 = save_checkpoint(tmp_path / "bad", state, config)
+        with pytest.raises(CheckpointError, match="boost"):
+            load_model(p2)
+    next(iter(gates(model).values())).boost = False  # mixed flags cannot be written as one spec
+    with pytest.raises(CheckpointError, match="boosted"):
+        save_checkpoint(tmp_path / "mixed", model, {})
+
+
 def test_overwrite_is_atomic_replace(tmp_path):
     m = create_model("resnet20", gated=False)
     save_checkpoint(tmp_path / "ck", m, {}, {"epoch": 1})

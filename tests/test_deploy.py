@@ -180,10 +180,10 @@ def test_plan_of_an_earlier_layout_is_refused_by_version(engine, tmp_path):
     refused from the metadata, before TorchScript builds anything, with what to do."""
     module = dyninfer.deploy.script_engine(engine)
     meta = dyninfer.deploy._metadata(engine, module)
-    assert meta["plan_version"] == 3
+    assert meta["plan_version"] == 4
     del meta["plan_version"]
     old = dyninfer.deploy._write(tmp_path / "old.dyninfer", module, meta)
-    with pytest.raises(ArtefactError, match="layout version 1, this dyninfer reads version 3; rebuild the engine"):
+    with pytest.raises(ArtefactError, match="layout version 1, this dyninfer reads version 4; rebuild the engine"):
         dyninfer.load(old)
 
 

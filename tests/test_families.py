@@ -230,6 +230,31 @@ def test_every_registered_model_trains_then_compiles_to_the_same_logits(name):
     assert_engine_matches(model, x, force_keep=0.5)
 
 
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2_cifar", "mobilenet_v3_small"])
+def test_boosted_gates_compile_to_the_same_logits(name):
+    """Boosted gates (kept channels scaled by 2·σ(logit)): the engine scales where the gate sits,
+    before a residual add (ResNet's second convs, MobileNetV2's projections) or after the unit's
+    activation (ResNet's first convs: ReLU; MobileNetV3: hardswish), learned and at a forced density."""
+    torch.manual_seed(0)
+    model = dyninfer.create_model(name)
+    c, h, w = dyninfer.models.model_info(name).input_size
+    randomize(model, seed=2)
+    for g in dyninfer.gates(model).values():
+        g.boost = True
+    x = torch.randn(2, c, h, w)
+    assert_engine_matches(model, x)
+    for g in dyninfer.gates(model).values():
+        g.force_keep = 0.5
+    assert_engine_matches(model, x, force_keep=0.5)
+    for g in dyninfer.gates(model).values():  # and the scale is really applied: unboosted logits differ
+        g.force_keep = None
+        g.boost = False
+    engine = dyninfer.compile(model.eval(), example_input=x)
+    for g in dyninfer.gates(model).values():
+        g.boost = True
+    assert not torch.allclose(engine(x), model(x), rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("kind,field,value,match", [
     ("se", "channels", 23, "se op .*: 23 channels"),
     ("se", "gate_act", 2, "field 'gate_act' = 2 outside"),

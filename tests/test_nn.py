@@ -119,6 +119,32 @@ def test_gate_masks_unselected_channels_exactly():
     assert torch.equal(out[:, [0, 2]], y[:, [0, 2]])
 
 
+def test_boosted_gate_scales_kept_channels_by_twice_sigmoid_and_zeroes_the_rest():
+    """boost: a kept channel (g > 0) is scaled by 2·σ(g) in (1, 2), a dropped one is exactly 0, the
+    decisions z are the unboosted ones, and the logits get a gradient through the scale even where
+    the straight-through path would give none (hard gates)."""
+    gate = ArchitectureControl(2, 3).eval()
+    with torch.no_grad():
+        gate.fc2.bias.copy_(torch.tensor([0.5, -1.0, 3.0]))
+    y = torch.randn(2, 3, 4, 4)
+    x = torch.randn(2, 2, 4, 4)
+    plain = gate(x, y)
+    z = gate.z.clone()
+    gate.boost = True
+    out = gate(x, y)
+    assert torch.equal(gate.z, z)
+    assert torch.equal(out[:, 1], torch.zeros(2, 4, 4))
+    for c, g in ((0, 0.5), (2, 3.0)):
+        s = 2 * torch.sigmoid(torch.tensor(g))
+        assert 1 < s < 2
+        torch.testing.assert_close(out[:, c], plain[:, c] * s)
+    gate.train()
+    gate.hard = True
+    gate(x, y).sum().backward()
+    assert gate.fc2.bias.grad[[0, 2]].abs().min() > 0
+    assert "boost=True" in repr(gate)
+
+
 def test_detached_gate_input_passes_no_gradient_back():
     """detach_input: the gate's parameters still get the gradient of a loss on its logits, the unit
     input gets none; the decisions are the same either way."""

@@ -57,10 +57,12 @@ def test_schema_names_every_field_the_planner_encodes(spec):
         kind = next(k for k, d in schema["ops"].items() if d["kind"] == seg[0])
         d = schema["ops"][kind]
         assert seg[1] == len(d["fields"]) or d["variadic"], (kind, seg[1])
-    # layout version 3: conv's relu became act; groups, follow and act_bounds follow the gate
-    assert schema["version"] == 3
+    # layout version 3: conv's relu became act; groups, follow and act_bounds follow the gate;
+    # version 4: the gate's boost
+    assert schema["version"] == 4
     assert schema["ops"]["conv"]["fields"][-5:] == ["act", "gate", "groups", "follow", "act_bounds"]
     assert len(schema["ops"]["conv"]["fields"]) == 20
+    assert schema["ops"]["gate"]["fields"][-2:] == ["force_k", "boost"]
 
 
 def test_the_unmodified_plan_runs(spec):
@@ -137,6 +139,15 @@ def test_conv_groups_follow_and_activation_are_checked(spec, field, value, match
     c = [i for i, s in enumerate(segs) if s[0] == op_kind(CONV)][1]  # layer1.0.conv1: 16 -> 16, gated
     segs[c][at(CONV, field)] = value
     with pytest.raises(ValueError, match=match):
+        build(spec, join_ops(segs))
+
+
+@pytest.mark.parametrize("value", [-1, 2])
+def test_gate_boost_is_checked(spec, value):
+    segs = split_ops(spec.ops)
+    g = first(segs, GATE)
+    segs[g][at(GATE, "boost")] = value
+    with pytest.raises(ValueError, match=f"field 'boost' = {value} outside"):
         build(spec, join_ops(segs))
 
 

@@ -91,9 +91,9 @@ def test_bad_files_name_the_problem(tmp_path):
     with pytest.raises(rt.ArtefactError, match="format version 9, this runtime reads version 2"):
         rt.load(wrong_version)
     # a plan of the earlier layout (version 1: conv had an unused 18th field) is refused before it is parsed
-    assert b'"plan_version":"3"' in bytes(data)
-    old_plan = bytes(data).replace(b'"plan_version":"3"', b'"plan_version":"1"')
-    with pytest.raises(rt.ArtefactError, match="plan version 1, this runtime reads plan version 3; rebuild the engine"):
+    assert b'"plan_version":"4"' in bytes(data)
+    old_plan = bytes(data).replace(b'"plan_version":"4"', b'"plan_version":"1"')
+    with pytest.raises(rt.ArtefactError, match="plan version 1, this runtime reads plan version 4; rebuild the engine"):
         rt.load(old_plan)
     old = engine.save(tmp_path / "old.dyninfer", format="torchscript")  # format 1
     with pytest.raises(rt.ArtefactError, match="TorchScript artefact .* re-save it"):

@@ -40,6 +40,11 @@ struct ConvCall {
   const float* bias = nullptr;              // indexed by real output channel
   int act = 0;  // epilogue activation: 0 none, 1 ReLU (max with 0), 2 clamp to [act_lo, act_hi], 3 hardswish, 4 SiLU
   float act_lo = 0.f, act_hi = 0.f;
+  // Boosted gate: output channel o is scaled by scale[o] (indexed by real output channel) where the
+  // gate sits in the unit: before the residual add when scale_first (the op has a residual; its
+  // activation follows the add), else after the activation. nullptr: no scaling.
+  const float* scale = nullptr;
+  bool scale_first = false;
   float* sums = nullptr;  // indexed by real output channel; nullptr: not needed
   float* vsums = nullptr;  // scratch, 64-byte aligned, >= (computed channels) x 16 floats
   // Channel groups: group g covers computed channels [group_start[g], group_start[g]+group_size[g]).

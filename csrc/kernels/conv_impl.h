@@ -156,16 +156,20 @@ static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
     const float* rp = c.res_plane ? c.res_plane[k] : nullptr;
     const typename T::V bias = T::set1(c.bias ? c.bias[o] : 0.f);
     const typename T::V lo = T::set1(c.act == 2 ? c.act_lo : 0.f), hi = T::set1(c.act_hi);
+    const bool scaled = c.scale != nullptr;
+    const typename T::V sc = T::set1(scaled ? c.scale[o] : 1.f);
     typename T::V s = T::zero();
     for (int j = 0; j < NV; ++j) {
       const int v = v0 + j;
       typename T::V x = T::add(acc[m][j], bias);
       const uint32_t lanes = c.lanes[v];
+      if (scaled && c.scale_first) x = T::mul_rounded(x, sc);
       if constexpr (IsPairs<T>::value) {
         // Two output rows per vector, one row stride apart (the second masked off after an odd
         // last row).
         if (rp) x = T::add(x, T::load_pair_m(rp + c.res_off[v], c.res_wp, lanes));
         x = activate<T>(c.act, x, lo, hi);
+        if (scaled && !c.scale_first) x = T::mul_rounded(x, sc);
         T::store_pair(op + c.out_off[v], c.out_wp, x, lanes);
         s = T::add(s, lanes == T::kFull ? x : T::keep_m(x, lanes));
         continue;
@@ -173,6 +177,7 @@ static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
       const bool full = lanes == T::kFull;
       if (rp) x = T::add(x, full ? T::load(rp + c.res_off[v]) : T::load_m(rp + c.res_off[v], lanes));
       x = activate<T>(c.act, x, lo, hi);
+      if (scaled && !c.scale_first) x = T::mul_rounded(x, sc);
       if (full) {
         T::storeu(op + c.out_off[v], x);
         s = T::add(s, x);

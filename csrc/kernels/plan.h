@@ -81,6 +81,7 @@ struct ConvOp {
 
 struct GateOp {
   int in, gate, C, hidden, N, force_k;
+  bool boost;  // the gated conv scales kept channel n by 2 sigmoid(logit n)
   const float *w1, *b1, *w2, *b2;  // w1: fc1 weight transposed (C x hidden); w2: fc2's (hidden x N)
 };
 
@@ -172,6 +173,7 @@ class Plan {
   std::vector<int64_t> slot_floats_;
   int input_ = -1, output_ = -1;
   std::vector<int> gate_sizes_;
+  std::vector<char> gate_boost_;  // per gate: its conv scales kept channels by 2 sigmoid(logit)
   std::vector<int64_t> gate_path_off_;
   int64_t path_len_ = 0;
   std::vector<Op> ops_;

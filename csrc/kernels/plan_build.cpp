@@ -125,6 +125,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
   // Op order: a buffer is read only after an op (or the input) produced it, and a conv's gate op
   // runs before the conv; the runtime relies on both (a stale or missing channel list otherwise).
   std::vector<char> produced(nb, 0), gate_done(gate_sizes_.size(), 0);
+  gate_boost_.assign(gate_sizes_.size(), 0);
   produced[input_] = 1;
   auto buf_ok = [&](int64_t b, int opi, const char* role) {
     if (b < 0 || b >= nb) throw PlanError("op " + std::to_string(opi) + ": bad " + role + " buffer " + std::to_string(b));
@@ -252,6 +253,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
         g.hidden = fld(schema::gate::hidden, "hidden", 1, kMaxDim);
         g.N = fld(schema::gate::out_channels, "out_channels", 1, kMaxDim);
         g.force_k = fld(schema::gate::force_k, "force_k", -1, g.N);
+        g.boost = fld(schema::gate::boost, "boost", 0, 1) == 1;
         if (gate_sizes_[g.gate] != g.N || g.C != buffers_[g.in].C)
           throw PlanError("gate op " + std::to_string(opi) + ": sizes C " + std::to_string(g.C) + ", N " +
                           std::to_string(g.N) + " do not match its input buffer (" + std::to_string(buffers_[g.in].C) +
@@ -259,6 +261,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
                           std::to_string(gate_sizes_[g.gate]) + ")");
         if (gate_done[g.gate]) throw PlanError("gate op " + std::to_string(opi) + ": gate " + std::to_string(g.gate) + " runs twice");
         gate_done[g.gate] = 1;
+        gate_boost_[g.gate] = g.boost;
         g.w1 = weight(f[schema::gate::fc1_weight], static_cast<int64_t>(g.hidden) * g.C, opi, "gate fc1 weight");
         g.b1 = weight(f[schema::gate::fc1_bias], g.hidden, opi, "gate fc1 bias");
         g.w2 = weight(f[schema::gate::fc2_weight], static_cast<int64_t>(g.N) * g.hidden, opi, "gate fc2 weight");

@@ -63,6 +63,7 @@ std::unique_ptr<Workspace> Plan::acquire() const {
   for (int n : gate_sizes_) {
     ws->kept.emplace_back();
     ws->kept.back().reserve(n);
+    ws->scale.emplace_back(n, 1.f);
   }
   ws->col_raw = alloc_zeroed((col_floats_ > 0 ? col_floats_ : 16) + 512);
   ws->col = ws->col_raw.get() + 8 * 64 + 32;
@@ -153,6 +154,10 @@ struct Executor {
       } else {
         for (int n = 0; n < g.N; ++n)
           if (lg[n] > 0.f) kept.push_back(n);
+      }
+      if (g.boost) {
+        float* s = ws.scale[g.gate].data();
+        for (int n : kept) s[n] = 2.f / (1.f + std::exp(-lg[n]));
       }
     }
     if (path) {
@@ -290,6 +295,10 @@ struct Executor {
     call.act = c.act;
     call.act_lo = c.act_lo;
     call.act_hi = c.act_hi;
+    if (c.gate >= 0 && !open && P.gate_boost_[c.gate]) {
+      call.scale = ws.scale[c.gate].data();
+      call.scale_first = c.res >= 0;
+    }
     call.sums = sums.data();
     call.vsums = ws.vsums;
     call.group_start = ws.group_start.data();

@@ -61,6 +61,7 @@ struct Workspace {
   std::vector<std::vector<float>> sums;
   std::vector<char> sums_valid;
   std::vector<std::vector<int32_t>> kept;
+  std::vector<std::vector<float>> scale;  // per boosted gate: 2 sigmoid(logit) of its kept channels
   plan_detail::FloatArray col_raw;
   plan_detail::FloatArray vsums_raw;
   float* vsums = nullptr;

@@ -9,12 +9,13 @@
 
 // The version of this layout; artefacts record it and loaders refuse another (csrc/runtime). Bump it
 // with any change below that alters the wire layout.
-#define DYNINFER_PLAN_VERSION 3  // 2: conv's unused 18th field ("reserved", always 1) removed
+#define DYNINFER_PLAN_VERSION 4  // 2: conv's unused 18th field ("reserved", always 1) removed
                                  // 3: conv's relu became act (0 none, 1 relu, 2 clamp to act_bounds);
                                  //    conv groups, follow and act_bounds added; act 3 = hardswish,
                                  //    4 = SiLU;
                                  //    linear's relu became act (0, 1, 3), its weight is stored
                                  //    transposed; the se op
+                                 // 4: gate's boost (kept channels scaled by 2 sigmoid(logit))
 
 // One activation buffer: channels, height, width, zero border, memory slot, values known >= 0.
 #define DYNINFER_BUFFER_FIELDS(F) F(C) F(H) F(W) F(border) F(slot) F(nonneg)
@@ -30,8 +31,11 @@
 #define DYNINFER_CONV_FIELDS(F)                                                                          \
   F(input) F(output) F(residual) F(weight) F(bias) F(out_channels) F(in_channels) F(kh) F(kw) F(sh) F(sw) \
   F(ph) F(pw) F(dh) F(dw) F(act) F(gate) F(groups) F(follow) F(act_bounds)
-#define DYNINFER_GATE_FIELDS(F) \
-  F(input) F(gate) F(fc1_weight) F(fc1_bias) F(fc2_weight) F(fc2_bias) F(in_channels) F(hidden) F(out_channels) F(force_k)
+// gate: boost 1: the conv it gates scales each kept channel by 2 sigmoid(logit) (before the residual
+// add when the conv has one, else after its activation, where the gate sits in the unit); 0: masks only.
+#define DYNINFER_GATE_FIELDS(F)                                                                                      \
+  F(input) F(gate) F(fc1_weight) F(fc1_bias) F(fc2_weight) F(fc2_bias) F(in_channels) F(hidden) F(out_channels) \
+  F(force_k) F(boost)
 #define DYNINFER_MAXPOOL_FIELDS(F) F(input) F(output) F(kh) F(kw) F(sh) F(sw) F(ph) F(pw)
 #define DYNINFER_AVGPOOL_FIELDS(F) \
   F(input) F(output) F(kh) F(kw) F(sh) F(sw) F(ph) F(pw) F(count_include_pad) F(divisor)

@@ -307,7 +307,8 @@ class _Builder:
             self.emit(GATE, dict(input=gin, gate=gate_idx, fc1_weight=self.weight(gmod.fc1.weight.t()),
                                  fc1_bias=self.weight(gmod.fc1.bias), fc2_weight=self.weight(gmod.fc2.weight.t()),
                                  fc2_bias=self.weight(gmod.fc2.bias), in_channels=gmod.in_channels,
-                                 hidden=gmod.fc1.out_features, out_channels=gmod.out_channels, force_k=k),
+                                 hidden=gmod.fc1.out_features, out_channels=gmod.out_channels, force_k=k,
+                                 boost=int(gmod.boost)),
                       [gin], None)
         res = self.act(ch["res"], ch["nodes"][-1]) if ch["res"] is not None else -1
         out = self.new_buffer(ch["end"])

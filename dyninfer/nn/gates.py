@@ -108,6 +108,12 @@ class ArchitectureControl(nn.Module):
         # TrainConfig.detach_gate_input): the decoupling losses and the straight-through gradient then
         # shape the gate's own parameters only, and the backbone trains on the task loss.
         self.detach_input = False
+        # Boosted gates (feature boosting, as in Gao et al.'s FBS, ICLR 2019): a kept channel's output
+        # is scaled by 2·σ(g), in (1, 2) since kept means g > 0, so the gate also says per input HOW
+        # MUCH of each kept filter to use, and its logits get a direct gradient from the task loss
+        # besides the straight-through one. Dropped channels stay exactly 0: MACs and paths are the
+        # decisions z alone. Part of the model (saved in the checkpoint's model spec).
+        self.boost = False
         # (N,) bool: the static core, filters that are on for every input (set_core), or None.
         # Not saved in the state dict: a core gate's parameters encode it (see set_core).
         self.core: Tensor | None = None
@@ -197,10 +203,15 @@ class ArchitectureControl(nn.Module):
             raise ValueError(
                 f"ArchitectureControl: expected unit output (B, {self.out_channels}, H, W), got {tuple(y.shape)}")
         self.y_mean = y.mean(dim=(2, 3))
-        return y * z[:, :, None, None]
+        return y * self.scale(z, g)[:, :, None, None]
+
+    def scale(self, z: Tensor, g: Tensor) -> Tensor:
+        """(B, N) multiplier of the unit's output channels: z, or z·2σ(g) when boosted."""
+        return z * (2.0 * torch.sigmoid(g)) if self.boost else z
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, reduction={self.reduction}"
+        boost = ", boost=True" if self.boost else ""
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, reduction={self.reduction}{boost}"
 
 
 def freeze_static(gates: dict[str, ArchitectureControl], masks: dict[str, Tensor]) -> None:
