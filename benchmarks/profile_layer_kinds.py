@@ -1,8 +1,9 @@
-"""Engine time by layer kind for a registered model: dense mode, batch 1, one thread, untrained
-weights (seed 0), CompiledModel.profile_ops over a few calls, convs grouped by kernel/stride or
-groups, with their achieved GFLOP/s (2 x MACs, fvcore conventions).
+"""Engine time by layer kind for a registered model: dense mode (or, with --force-keep F, every
+gate evaluated and keeping that share of its channels), batch 1, one thread, untrained weights
+(seed 0), CompiledModel.profile_ops over a few calls, convs grouped by kernel/stride or groups,
+with their achieved GFLOP/s (2 x MACs, fvcore conventions; dense MACs, so only at F = 1 or dense).
 
-    python benchmarks/profile_layer_kinds.py resnext50_32x4d [--runs 5]
+    python benchmarks/profile_layer_kinds.py resnext50_32x4d [--runs 5] [--force-keep 1.0]
 """
 from __future__ import annotations
 
@@ -21,12 +22,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", choices=dyninfer.list_models())
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--force-keep", type=float, default=None, help="run the gates, each keeping this share of "
+                    "its channels (1.0: every channel, so the gates' own cost shows); default: dense mode")
     args = ap.parse_args()
+    if args.force_keep is not None and not 0.0 <= args.force_keep <= 1.0:
+        ap.error(f"--force-keep must lie in [0, 1], got {args.force_keep}")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = dyninfer.create_model(args.model).eval()
     x = torch.randn(1, *dyninfer.models.model_info(args.model).input_size)
-    engine = dyninfer.compile(model, gates="open", example_input=x)
+    if args.force_keep is None:
+        engine = dyninfer.compile(model, gates="open", example_input=x)
+    else:
+        engine = dyninfer.compile(model, force_keep=args.force_keep, example_input=x)
     engine(x)
     ops = engine.profile_ops(x, args.runs)
     macs = {layer.name: layer.dense for layer in count_macs(model, x).layers if layer.op == "conv"}
@@ -41,7 +49,8 @@ def main() -> int:
         else:
             kinds[key.split("#")[0].split(":")[0]][0] += t
     total = sum(ops.values())
-    print(f"{args.model}, engine dense mode, batch 1, 1 thread, {cpu_model()}: {total * 1e3:.2f} ms per call")
+    mode = "dense mode" if args.force_keep is None else f"gates keeping {args.force_keep:g} of their channels"
+    print(f"{args.model}, engine {mode}, batch 1, 1 thread, {cpu_model()}: {total * 1e3:.2f} ms per call")
     for kind, (t, m) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
         rate = f"{2 * m / t / 1e9:6.1f} GFLOP/s" if m else ""
         print(f"  {kind:12s} {t * 1e3:8.2f} ms {100 * t / total:5.1f}%  {rate}")

@@ -594,7 +594,27 @@ static void linear_acc(const float* wt, int n_out, const float* xs, const int32_
 template <class T>
 static void gemv(const float* wt, const float* x, const int32_t* idx, int nk, const float* b, float* y, int rows,
                  bool relu) {
-  for (int r0 = 0; r0 < rows; r0 += T::W) {
+  // Blocks of kBlock vectors of rows: per input k one broadcast and kBlock contiguous weight loads
+  // into independent accumulators (one accumulator per 16 rows made every FMA wait for the last
+  // and read one cache line per k, a stride of `rows` floats apart: ResNeXt-50's gates ran at
+  // about 1.5 GFLOP/s). Each row still sums its inputs in order, so the result is unchanged.
+  constexpr int kBlock = 8;
+  int r0 = 0;
+  for (; r0 + kBlock * T::W <= rows; r0 += kBlock * T::W) {
+    typename T::V acc[kBlock];
+    for (int j = 0; j < kBlock; ++j) acc[j] = b ? T::load(b + r0 + j * T::W) : T::zero();
+    for (int i = 0; i < nk; ++i) {
+      const int k = idx ? idx[i] : i;
+      const typename T::V xv = T::set1(x[k]);
+      const float* w = wt + static_cast<int64_t>(k) * rows + r0;
+      for (int j = 0; j < kBlock; ++j) acc[j] = T::fma(xv, T::load(w + j * T::W), acc[j]);
+    }
+    for (int j = 0; j < kBlock; ++j) {
+      if (relu) acc[j] = T::max(acc[j], T::zero());
+      T::storeu(y + r0 + j * T::W, acc[j]);
+    }
+  }
+  for (; r0 < rows; r0 += T::W) {
     const int n = rows - r0 < T::W ? rows - r0 : T::W;
     const uint32_t m = n == T::W ? T::kFull : static_cast<uint32_t>((1ull << n) - 1ull);
     typename T::V acc = b ? T::load_m(b + r0, m) : T::zero();
