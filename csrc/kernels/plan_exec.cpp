@@ -560,8 +560,6 @@ struct Executor {
     ws.sums_valid[s.out] = 0;
   }
 
-  // Squeeze-and-excitation: per-channel scales from the GAP of the live channels (dropped ones are
-  // zero: they add nothing to fc1 and stay zero when scaled), then each live plane times its scale.
   // The squeeze both a gate and a squeeze-and-excitation op start with: GAP of buffer `in`'s live
   // channels (a dropped channel is zero and skipped) -> FC (w1, b1) -> act1 (1 ReLU, 2 SiLU) -> FC
   // (w2, b2); returns the n outputs (in ws.glog).
@@ -583,6 +581,8 @@ struct Executor {
     return out;
   }
 
+  // Squeeze-and-excitation: per-channel scales from the GAP of the live channels (dropped ones are
+  // zero: they add nothing to fc1 and stay zero when scaled), then each live plane times its scale.
   void se(const SeOp& e) {
     const Buffer &bi = P.buffers_[e.in], &bo = P.buffers_[e.out];
     const float* g = squeeze(e.in, e.w1, e.b1, e.hidden, e.act1, e.w2, e.b2, e.C);
