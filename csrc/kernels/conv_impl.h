@@ -251,9 +251,7 @@ static void run_shape(const ConvCall& c) {
   // (groups differ by at most one channel; a shorter group uses the same width, fewer registers).
   int tallest = 1;
   for (int g = c.g_begin; g < c.g_end; ++g) tallest = c.group_size[g] > tallest ? c.group_size[g] : tallest;
-  int width = T::kNV;
-  for (int m = 1; m <= T::kMaxM; ++m)
-    if (m == tallest) width = nv_for<T>(m);
+  const int width = nv_for<T>(tallest < T::kMaxM ? tallest : T::kMaxM);
   const int n_tiles = (c.n_vec + width - 1) / width;
   const int base = n_tiles > 0 ? c.n_vec / n_tiles : 0, extra = n_tiles > 0 ? c.n_vec % n_tiles : 0;
   int v0 = 0;

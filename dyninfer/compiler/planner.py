@@ -25,13 +25,14 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import UnsupportedLayerError
 from ..nn.decouple import DyninferTracer, is_relu
 from ..nn.gates import ArchitectureControl, FollowGate
-from ..nn.graph import NodeOp, classify, match_se
+from ..nn.graph import UNIT_ACTIVATIONS, NodeOp, classify, match_se
 
 # op kind names of the wire schema (csrc/kernels/plan_schema.h)
 CONV, GATE, MAXPOOL, AVGPOOL, LINEAR, CONCAT, ADD, AFFINE, SHORTCUT, SE = (
     "conv", "gate", "maxpool", "avgpool", "linear", "concat", "add", "affine", "shortcut", "se")
 # activation codes of the conv and linear epilogues (plan_schema.h)
 _ACT_CODE = {"relu": 1, "clamp": 2, "hardswish": 3, "silu": 4}
+assert tuple(_ACT_CODE) == UNIT_ACTIVATIONS, "every unit activation decouple accepts needs an engine code"
 
 
 
@@ -545,7 +546,7 @@ class _Builder:
         elif k == "follow":
             raise self.unsupported(node, "a FollowGate must follow a depthwise conv->BN(->activation) unit that "
                                          "reads its gate's output directly (as dyninfer.decouple places it)")
-        elif k in ("clamp", "hardswish", "silu"):
+        elif k in UNIT_ACTIVATIONS:  # (a standalone ReLU was handled above)
             raise self.unsupported(node, f"{op.label} runs only fused after a conv(->BN) unit (or hardswish after "
                                          "a Linear); standalone it is not supported yet")
         elif k in ("hardsigmoid", "sigmoid"):

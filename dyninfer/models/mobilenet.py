@@ -8,6 +8,26 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
+def init_mobile_weights(model: nn.Module, linear: str = "normal") -> None:
+    """torchvision's init of its mobile families: convs Kaiming-normal (fan out) with zero bias;
+    Linear layers N(0, 0.01) (``linear="normal"``: MobileNetV2/V3) or U(±1/√out) (``"uniform"``:
+    EfficientNet), zero bias."""
+    if linear not in ("normal", "uniform"):
+        raise ValueError(f"init_mobile_weights: linear must be 'normal' or 'uniform', got {linear!r}")
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear == "normal":
+                nn.init.normal_(m.weight, 0, 0.01)
+            else:
+                r = 1.0 / m.out_features ** 0.5
+                nn.init.uniform_(m.weight, -r, r)
+            nn.init.zeros_(m.bias)
+
+
 def _make_divisible(v: float, divisor: int = 8) -> int:
     new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
     return new_v + divisor if new_v < 0.9 * v else new_v
@@ -55,12 +75,7 @@ class MobileNetV2(nn.Module):
         features.append(ConvBNReLU6(cin, last, k=1))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_mobile_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)
@@ -140,14 +155,7 @@ class MobileNetV3(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(576, last_channel), nn.Hardswish(inplace=True), nn.Dropout(0.2),
                                         nn.Linear(last_channel, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_mobile_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.avgpool(self.features(x))

@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from .gates import ArchitectureControl, FollowGate
-from .graph import classify, match_se
+from .graph import UNIT_ACTIVATIONS, classify, match_se
 
 __all__ = ["decouple", "DecoupleError", "DyninferTracer", "gates", "calculation_path", "gate_name", "LEAF_MODULES"]
 
@@ -85,7 +85,7 @@ def _units(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
         if nxt is not None and nxt.op == "call_module" and isinstance(modules[nxt.target], nn.BatchNorm2d):
             end = bn = nxt
             nxt = _only_user(bn)
-        if nxt is not None and classify(nxt, modules).kind in ("relu", "clamp", "hardswish", "silu"):
+        if nxt is not None and classify(nxt, modules).kind in UNIT_ACTIVATIONS:
             end = nxt
         units.append((node, bn, end))
     return units

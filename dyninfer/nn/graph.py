@@ -44,11 +44,15 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NodeOp", "classify", "match_se", "KINDS"]
+__all__ = ["NodeOp", "classify", "match_se", "KINDS", "UNIT_ACTIVATIONS"]
 
 KINDS = ("conv", "batch_norm", "relu", "clamp", "hardswish", "silu", "hardsigmoid", "sigmoid", "follow", "linear", "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "add", "sub",
          "mul", "cat", "flatten", "reshape", "identity", "gate", "shortcut", "shape", "unknown",
          "placeholder", "get_attr", "output")
+
+# The activations a conv [-> BN] unit may end with: decouple gates after them, the planner fuses them
+# into the conv's epilogue (compiler.planner._ACT_CODE names one engine code for each).
+UNIT_ACTIVATIONS = ("relu", "clamp", "hardswish", "silu")
 
 
 @dataclass(frozen=True)
