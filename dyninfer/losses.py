@@ -104,6 +104,11 @@ class LossConfig:
         sends into the gates. W_cla is an estimator of how much the path tells about the label;
         scaling its own gradient by λm = 0.01 slows that estimator a hundredfold, and a head near
         chance gives the gates no signal. False: the paper's λm·L_mi on both.
+    budget: where the keep ratio R binds. "sample": every sample keeps R·N^l filters per layer (Eq. 11
+        per sample, and L_rt's targets are each sample's top round(R·N^l)), the paper's form. "batch":
+        R binds the batch mean (L_s on the batch's mean count, L_rt's targets the top round(R·N^l·B)
+        responses of the whole batch), so an input with more to compute may keep more filters and
+        another fewer, at the same mean cost: the per-input allocation that one static mask cannot make.
     eps: smoothing of the KL normalisation and logs (see module docstring); must be > 0.
 
     The defaults are the dynamic recipe (module docstring), R = 0.5. Where the values come from:
@@ -122,6 +127,7 @@ class LossConfig:
     kl_reduction: str = "mean"
     mi_fit_head: bool = True
     lambda_rt: float = 1.0
+    budget: str = "sample"
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
@@ -140,6 +146,8 @@ class LossConfig:
             raise ValueError(f"LossConfig.eps: must be > 0, got {self.eps}")
         if not isinstance(self.mi_fit_head, bool):
             raise ValueError(f"LossConfig.mi_fit_head: expected a bool, got {self.mi_fit_head!r}")
+        if self.budget not in ("sample", "batch"):
+            raise ValueError(f"LossConfig.budget: 'sample' or 'batch', got {self.budget!r}")
         if self.kl_reduction not in ("mean", "sum"):
             raise ValueError(f"LossConfig.kl_reduction: 'mean' or 'sum', got {self.kl_reduction!r}")
 
@@ -244,12 +252,20 @@ def batch_shaping_loss(p: Tensor, a: float, b: float) -> Tensor:
     return (ecdf - beta_cdf(sorted_p, a, b)).pow(2).mean()
 
 
-def response_targets(y_mean: Tensor, keep: float) -> Tensor:
-    """(B, N) 0/1 targets: per sample, its round(keep·N) channels with the largest GAP response
-    (at least 1), ties to the lower index."""
-    n = y_mean.shape[1]
+def response_targets(y_mean: Tensor, keep: float, budget: str = "sample") -> Tensor:
+    """(B, N) 0/1 targets from the GAP responses y_mean (ties to the lower index). budget "sample":
+    per sample, its round(keep·N) strongest channels (at least 1); "batch": the round(keep·N·B)
+    strongest (sample, channel) pairs of the whole batch, so samples may keep different counts."""
+    y = y_mean.detach()
+    if budget == "batch":
+        k = max(1, int(round(keep * y.numel())))
+        idx = torch.sort(y.reshape(-1), descending=True, stable=True).indices[:k]
+        return torch.zeros_like(y_mean).reshape(-1).scatter_(0, idx, 1.0).reshape(y_mean.shape)
+    if budget != "sample":
+        raise ValueError(f"response_targets: budget must be 'sample' or 'batch', got {budget!r}")
+    n = y.shape[1]
     k = max(1, int(round(keep * n)))
-    idx = torch.sort(y_mean.detach(), dim=1, descending=True, stable=True).indices[:, :k]
+    idx = torch.sort(y, dim=1, descending=True, stable=True).indices[:, :k]
     return torch.zeros_like(y_mean).scatter_(1, idx, 1.0)
 
 
@@ -262,9 +278,15 @@ def free_ratio(target_ratio: float, channels: int, core: int) -> float:
     return r if 0.0 < r < 1.0 else 0.5
 
 
-def sparsity_loss(z: Tensor, target_ratio: float) -> Tensor:
-    """(B,) | ||z||_1 − R·N | per sample (Eq. 11); R = 0 gives ||z||_1."""
-    return (z.sum(dim=1) - target_ratio * z.shape[1]).abs()
+def sparsity_loss(z: Tensor, target_ratio: float, budget: str = "sample") -> Tensor:
+    """| ||z||_1 − R·N |: (B,) per sample (Eq. 11), or with budget "batch" (1,) on the batch's mean
+    ||z||_1, so that only the mean count is held at R·N; R = 0 gives ||z||_1."""
+    counts = z.sum(dim=1)
+    if budget == "batch":
+        counts = counts.mean().reshape(1)
+    elif budget != "sample":
+        raise ValueError(f"sparsity_loss: budget must be 'sample' or 'batch', got {budget!r}")
+    return (counts - target_ratio * z.shape[1]).abs()
 
 
 def _key(path: str) -> str:
@@ -390,7 +412,7 @@ class DecouplingLoss(nn.Module):
                 mi = mi + F.cross_entropy(head(z), labels)  # Eq. 9
             layer_kl = kl_z_y(z, y_mean, cfg.eps).mean()  # Eq. 10
             kl = kl + (layer_kl / z.shape[1] if cfg.kl_reduction == "mean" else layer_kl)
-            sp = sp + sparsity_loss(z, cfg.target_ratio).mean()  # Eq. 11
+            sp = sp + sparsity_loss(z, cfg.target_ratio, cfg.budget).mean()  # Eq. 11
             if shaping or lambda_rt > 0:
                 # a static core (ArchitectureControl.set_core) is on for every input: batch-shaping and
                 # the response targets see only the other filters, at the rate that keeps R overall
@@ -404,7 +426,7 @@ class DecouplingLoss(nn.Module):
                 if shaping:
                     bs = bs + batch_shaping_loss(gate_on_probability(g_logits), r, 1.0 - r)
                 if lambda_rt > 0:
-                    rt = rt + F.binary_cross_entropy_with_logits(g_logits, response_targets(y_free, r))
+                    rt = rt + F.binary_cross_entropy_with_logits(g_logits, response_targets(y_free, r, cfg.budget))
         total = ce + self.aux_scale * (cfg.lambda_mi * mi + cfg.lambda_kl * kl + cfg.lambda_s * sp + lambda_bs * bs
                                        + lambda_rt * rt)  # Eq. 12 + L_bs + L_rt
         if cfg.mi_fit_head:

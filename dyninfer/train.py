@@ -57,7 +57,8 @@ from .nn import gates
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "load_init_weights", "available_cpus"]
 
 
-_LOSS_FIELDS = ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs", "lambda_rt", "target_ratio", "kl_reduction")
+_LOSS_FIELDS = ("lambda_mi", "lambda_kl", "lambda_s", "lambda_bs", "lambda_rt", "target_ratio", "kl_reduction",
+                "budget")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class TrainConfig:
     lambda_rt: float | None = None
     target_ratio: float | None = None
     kl_reduction: str | None = None
+    budget: str | None = None  # "sample" | "batch": where the keep ratio binds (LossConfig.budget)
     gate_init: str = "input"  # gates of a dense-initialised gated model (dyninfer.nn.GATE_INITS)
     freeze_gates: bool = False  # gate parameters are not trained
     # static-mask baseline: every gate frozen to ONE mask, the filters that fire most often for this
@@ -174,7 +176,7 @@ class TrainConfig:
             if v is not None and v < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {v}")
         if not self.gated and self.has_loss_settings():
-            raise ValueError("TrainConfig: preset/lambda_*/target_ratio/kl_reduction apply to gated training only "
+            raise ValueError("TrainConfig: preset/lambda_*/target_ratio/kl_reduction/budget apply to gated training only "
                              "(gated=False)")
         from .nn import GATE_INITS
 

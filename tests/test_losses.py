@@ -372,3 +372,31 @@ def test_static_core_is_left_out_of_batch_shaping_and_response_targets(model):
     assert torch.equal(g1.fc2.bias[core], torch.full((2,), 10.0))
     with pytest.raises(ValueError, match="mask of 6 channels"):
         g1.set_core(torch.ones(5, dtype=torch.bool))
+
+
+def test_batch_budget_binds_the_mean_count_only():
+    """budget="batch": L_s holds the batch's MEAN count at R·N (samples may keep 3 and 1 of 4 at
+    R = 0.5), and L_rt's targets are the strongest (sample, channel) pairs of the whole batch."""
+    z = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    assert sparsity_loss(z, 0.5).tolist() == [1.0, 1.0]  # per sample: 3 vs 2 and 1 vs 2
+    assert sparsity_loss(z, 0.5, "batch").tolist() == [0.0]  # mean count 2 = R·N
+    assert sparsity_loss(z, 0.25, "batch").tolist() == [1.0]
+    y = torch.tensor([[5.0, 4.0, 3.0, 0.0], [2.0, 0.1, 0.2, 0.3]])
+    assert response_targets(y, 0.5).tolist() == [[1, 1, 0, 0], [1, 0, 0, 1]]
+    assert response_targets(y, 0.5, "batch").tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    assert response_targets(torch.zeros(2, 4), 0.5, "batch").sum().item() == 4  # ties: lower index, count kept
+    with pytest.raises(ValueError, match="budget"):
+        sparsity_loss(z, 0.5, "layer")
+    with pytest.raises(ValueError, match="budget"):
+        LossConfig(budget="layer")
+
+
+def test_batch_budget_reaches_the_criterion(model):
+    """DecouplingLoss with budget="batch" reports the batch form of L_s: |mean count − R·N| per gate."""
+    crit = DecouplingLoss(model, K, LossConfig(lambda_bs=0.0, lambda_rt=0.0, target_ratio=0.5, budget="batch"))
+    _set(model, ZS, YS)
+    _, parts = crit(LOGITS, LABELS)
+    hand = sum(abs(z.sum(dim=1).mean().item() - 0.5 * z.shape[1]) for z in ZS)
+    assert parts["sparsity"].item() == pytest.approx(hand)
+    per_sample = sum((z.sum(dim=1) - 0.5 * z.shape[1]).abs().mean().item() for z in ZS)
+    assert hand != pytest.approx(per_sample)  # the hand-made gates make the two forms differ
