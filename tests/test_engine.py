@@ -94,6 +94,22 @@ def test_conv_kernel_matches_torch_on_channel_subsets(case):
     assert torch.equal(path, expect.expand(2, -1))
 
 
+@pytest.mark.parametrize("hw", [5, 6, 7, 9])
+@pytest.mark.parametrize("k", [1, 3])
+def test_small_planes_match_torch(hw, k):
+    """Planes of at most kWeightsOuterMaxVecs output vectors run group by group, and a 7x7 plane's
+    4 flat vectors in 6-channel tiles that span it (conv.h): many groups, random channel subsets."""
+    g = torch.Generator().manual_seed(hw * 10 + k)
+    keep_mid = torch.rand(21, generator=g) < 0.6
+    keep_out = torch.rand(29, generator=g) < 0.6
+    model = subset_model(5, 21, 29, k, 1, k // 2, keep_mid, keep_out, hw)
+    x = torch.randn(3, 3, hw, hw, generator=g)
+    path = check_against_torch(model, x)
+    assert torch.equal(path, torch.cat([keep_mid, keep_out]).float().expand(3, -1))
+    model = subset_model(5, 21, 29, k, 1, k // 2, torch.ones(21, dtype=torch.bool), torch.ones(29, dtype=torch.bool), hw)
+    check_against_torch(model, x)
+
+
 @pytest.mark.parametrize("keep_out", ["none", "all", "one"])
 def test_empty_and_full_subsets_give_defined_output(keep_out):
     cout = 7

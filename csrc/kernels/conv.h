@@ -71,15 +71,25 @@ struct IsaCaps {
   bool flat = false;            // 16-lane vectors across the rows of the padded plane (stride 1)
   // register-tile heights (output channels per tile) of 8-pixel, 16-pixel and row-pair vectors
   int group_8 = 3, group_16 = 0, group_pairs = 0;
+  // Small planes (16-pixel vectors): a plane of more than tile_vecs_16 vectors (the width of a
+  // group_16-high tile) but at most whole_vecs_16 runs in groups of whole_group_16 channels, whose
+  // tile spans it whole, so each weight is read once per conv rather than once per pixel tile
+  // (ResNet-50's 7x7 layers stream megabytes of weights). 0: no such tile.
+  int tile_vecs_16 = 0, whole_group_16 = 0, whole_vecs_16 = 0;
 };
+// Planes of at most this many output vectors run channel group by channel group, all pixel tiles
+// of a group in turn (its weights read once), instead of pixel tile by pixel tile over every group;
+// their inputs (a few vectors per input channel) stay in cache across the groups either way.
+constexpr int kWeightsOuterMaxVecs = 8;
 // The capabilities of the kernels that run for `isa` (the portable ones where that ISA's are not
 // compiled in).
 const IsaCaps& conv_caps(Isa isa);
 // Pixels per output vector for a conv whose output rows are `out_w` wide: the widest vector
 // when rows are wider than 8 pixels, else 8.
 int conv_vector_width(Isa isa, int out_w);
-// Largest output-channel group a kernel tile takes for vectors of vw pixels (or row pairs).
-int conv_max_group(Isa isa, int vw, bool pairs = false);
+// Largest output-channel group a kernel tile takes for vectors of vw pixels (or row pairs), for a
+// plane of n_vec output vectors (0: any plane; see IsaCaps::whole_group_16).
+int conv_max_group(Isa isa, int vw, bool pairs = false, int n_vec = 0);
 // Split n computed channels into ceil(n / max_group) groups of near-equal size (so no lone
 // channel runs at a fraction of the FMA throughput); returns the number of groups.
 int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size);

@@ -231,11 +231,17 @@ static double peak_avx512(int64_t iters) {
 
 const KernelTable* kernels_avx512() {
   using avx512::T16, avx512::T16P, avx512::T8;
+  // Small planes: 6-channel tiles are 4 vectors wide, so a 7x7 plane (4 flat vectors) is one tile
+  // (with 8-channel, 3-vector tiles it is two, and every weight is read twice). Measured on
+  // ResNet-50's 7x7 stage (AMD EPYC Zen 4, one thread): 0.84x the time of 8-channel tiles.
+  constexpr int kWholeM = 6;
+  static_assert(T16::nv_for(kWholeM) > T16::nv_for(T16::kMaxM), "small-plane tile must be wider than the tallest");
   static const KernelTable table{&conv_avx512, &im2col_avx512, &plane_copy_avx512,
                                  &gemv_avx512, &peak_avx512,   &pool_avx512,    &add_avx512,
                                  &subsample2_avx512, &affine_avx512, &linear_acc_avx512,
                                  IsaCaps{T16::W, T16::kHasDeinterleave && T8::kHasDeinterleave, T16P::kPairs, true,
-                                         T8::kMaxM, T16::kMaxM, T16P::kMaxM}};
+                                         T8::kMaxM, T16::kMaxM, T16P::kMaxM, T16::nv_for(T16::kMaxM), kWholeM,
+                                         T16::nv_for(kWholeM)}};
   return &table;
 }
 

@@ -16,10 +16,13 @@ const IsaCaps& conv_caps(Isa isa) { return table(isa).caps; }
 
 int conv_vector_width(Isa isa, int out_w) { return (conv_caps(isa).widest > 8 && out_w > 8) ? 16 : 8; }
 
-int conv_max_group(Isa isa, int vw, bool pairs) {
+int conv_max_group(Isa isa, int vw, bool pairs, int n_vec) {
   const IsaCaps& c = conv_caps(isa);
   if (pairs) return c.group_pairs;
-  return vw == 16 ? c.group_16 : c.group_8;
+  if (vw != 16) return c.group_8;
+  if (c.whole_group_16 > 0 && n_vec > c.tile_vecs_16 && n_vec <= c.whole_vecs_16)
+    return c.whole_group_16 < c.group_16 ? c.whole_group_16 : c.group_16;
+  return c.group_16;
 }
 
 int conv_make_groups(int n, int max_group, int32_t* start, int32_t* size) {

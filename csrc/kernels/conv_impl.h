@@ -254,12 +254,21 @@ static void run_shape(const ConvCall& c) {
   const int width = nv_for<T>(tallest < T::kMaxM ? tallest : T::kMaxM);
   const int n_tiles = (c.n_vec + width - 1) / width;
   const int base = n_tiles > 0 ? c.n_vec / n_tiles : 0, extra = n_tiles > 0 ? c.n_vec % n_tiles : 0;
-  int v0 = 0;
-  for (int t = 0; t < n_tiles; ++t) {
-    const int nv = base + (t < extra ? 1 : 0);
+  if (c.n_vec <= kWeightsOuterMaxVecs) {
+    // small plane: group by group, so each group's weights are read once (conv.h)
     for (int g = c.g_begin; g < c.g_end; ++g)
-      tile_m<T, KH, KW, S2, T::kMaxM>(c, c.group_size[g], c.group_start[g], v0, nv, vsums);
-    v0 += nv;
+      for (int t = 0, v0 = 0; t < n_tiles; ++t) {
+        const int nv = base + (t < extra ? 1 : 0);
+        tile_m<T, KH, KW, S2, T::kMaxM>(c, c.group_size[g], c.group_start[g], v0, nv, vsums);
+        v0 += nv;
+      }
+  } else {
+    for (int t = 0, v0 = 0; t < n_tiles; ++t) {
+      const int nv = base + (t < extra ? 1 : 0);
+      for (int g = c.g_begin; g < c.g_end; ++g)
+        tile_m<T, KH, KW, S2, T::kMaxM>(c, c.group_size[g], c.group_start[g], v0, nv, vsums);
+      v0 += nv;
+    }
   }
   if (c.sums)
     for (int g = c.g_begin; g < c.g_end; ++g)
