@@ -270,14 +270,15 @@ def test_standalone_batchnorm_is_exact(relu, w):
     assert got.tobytes() == want.reshape(2, -1).astype(np.float32).tobytes()
 
 
-@pytest.mark.parametrize("out_features", [10, 64, 77])
-def test_linear_layer_is_the_scalar_dot_product_bit_for_bit(out_features):
+@pytest.mark.parametrize("out_features,c", [(10, 3), (64, 3), (77, 3), (1000, 64), (9001, 64)])
+def test_linear_layer_is_the_scalar_dot_product_bit_for_bit(out_features, c):
     """The Linear head runs vectorised across outputs, each output's sum in input order with every
-    product rounded before its add: the same bits as a float32 scalar loop."""
+    product rounded before its add: the same bits as a float32 scalar loop. Layers of 1M weights and
+    more stream them row by row (1000 x 1280; 9001 outputs also cross an 8192-output chunk)."""
     torch.manual_seed(out_features)
-    fc = nn.Linear(3 * 4 * 5, out_features)
+    fc = nn.Linear(c * 4 * 5, out_features)
     model = nn.Sequential(nn.Flatten(), fc).eval()
-    x = torch.randn(2, 3, 4, 5)
+    x = torch.randn(2, c, 4, 5)
     got = dyninfer.compile(model, example_input=x)(x).numpy()
     w, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
     for n in range(2):

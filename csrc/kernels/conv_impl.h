@@ -565,9 +565,47 @@ static float plane_copy(const float* src, int64_t src_wp, float* dst, int64_t ds
 // rounded before its add: per output the scalar dot product's order and rounding, so a Linear
 // layer gives the same bits as `a += w * x` one output at a time, vectorised across outputs (its
 // weight transposed, in_features x n_out) with four independent accumulator vectors.
+// Large layers (a VGG classifier's 25088 x 4096 weights, 411 MB) stream their weights: inputs
+// outer, each weight row read front to back, the sums of up to kLinearChunk outputs (32 KB) kept
+// in cache, instead of 4 vectors of outputs at a time down every row (a 16 KB stride: a cold line
+// and a new page per row). Whole rows in one pass read the weights as one sequential stream: on
+// VGG-11's 25088 x 4096 layer, 26-33 ms against 54 ms (chunks of 2048 outputs: 51-64 ms), AMD EPYC
+// Zen 4, one thread. Same order of operations per output, so the same bits.
+constexpr int kLinearChunk = 8192;
+constexpr int64_t kLinearStreamWeights = int64_t{1} << 20;  // floats (4 MB): stream from here up
+
+template <class T>
+static void linear_acc_stream(const float* wt, int n_out, const float* xs, const int32_t* ks, int n, float* acc) {
+  using V = typename T::V;
+  for (int o0 = 0; o0 < n_out; o0 += kLinearChunk) {
+    const int o1 = n_out - o0 < kLinearChunk ? n_out : o0 + kLinearChunk;
+    for (int j = 0; j < n; ++j) {
+      const float* w = wt + static_cast<int64_t>(ks[j]) * n_out;
+      const V x = T::set1(xs[j]);
+      int o = o0;
+      for (; o + 4 * T::W <= o1; o += 4 * T::W) {
+        const V a0 = T::add(T::load(acc + o), T::mul_rounded(T::load(w + o), x));
+        const V a1 = T::add(T::load(acc + o + T::W), T::mul_rounded(T::load(w + o + T::W), x));
+        const V a2 = T::add(T::load(acc + o + 2 * T::W), T::mul_rounded(T::load(w + o + 2 * T::W), x));
+        const V a3 = T::add(T::load(acc + o + 3 * T::W), T::mul_rounded(T::load(w + o + 3 * T::W), x));
+        T::storeu(acc + o, a0);
+        T::storeu(acc + o + T::W, a1);
+        T::storeu(acc + o + 2 * T::W, a2);
+        T::storeu(acc + o + 3 * T::W, a3);
+      }
+      for (; o < o1; o += T::W) {
+        const int r = o1 - o < T::W ? o1 - o : T::W;
+        const uint32_t m = r == T::W ? T::kFull : static_cast<uint32_t>((1ull << r) - 1ull);
+        T::store_m(acc + o, T::add(T::load_m(acc + o, m), T::mul_rounded(T::load_m(w + o, m), x)), m);
+      }
+    }
+  }
+}
+
 template <class T>
 static void linear_acc(const float* wt, int n_out, const float* xs, const int32_t* ks, int n, float* acc) {
   using V = typename T::V;
+  if (static_cast<int64_t>(n) * n_out >= kLinearStreamWeights) return linear_acc_stream<T>(wt, n_out, xs, ks, n, acc);
   int o = 0;
   for (; o + 4 * T::W <= n_out; o += 4 * T::W) {
     V a0 = T::load(acc + o), a1 = T::load(acc + o + T::W), a2 = T::load(acc + o + 2 * T::W),
