@@ -12,7 +12,7 @@ optimisations, OpenVINO (when installed) with 1 inference thread and the latency
 Rows (per batch size):
   the dense model (the checkpoint's weights, gates removed): PyTorch eager, ONNX Runtime, OpenVINO
   (f32 precision hint; also a row with OpenVINO's default precision, bf16 on CPUs with AMX, for
-  information), dyninfer dense mode;
+  information), torch.compile (inductor, freezing), dyninfer dense mode;
   the gated model (default: the shipped dynamic digits ResNet-56) on real test images of its data set;
   at batch 1, a density sweep with every gated layer forced to keep 100/75/50/25% of its channels,
   a single-core FMA peak probe and each conv layer's achieved GFLOP/s against it.
@@ -34,7 +34,7 @@ import torch
 import dyninfer
 from dyninfer import checkpoint
 from dyninfer._ext import fma_peak_gflops, isa
-from dyninfer.bench import cpu_model, onnxruntime_runner, openvino_runner, side_by_side
+from dyninfer.bench import cpu_model, onnxruntime_runner, openvino_runner, side_by_side, torch_compile_runner
 from dyninfer.flops import count_macs
 from dyninfer.nn import gates
 
@@ -43,11 +43,14 @@ ASSET = ROOT / "dyninfer" / "assets" / "resnet56_digits_dynamic.safetensors"
 
 
 def optional_peer(make, *args, **kwargs):
-    """(run, note) from a dyninfer.bench runner factory, or (None, why) when the runtime is absent."""
+    """(run, note) from a dyninfer.bench runner factory, or (None, why) when the runtime is absent
+    or cannot build this model (torch.compile without a C++ compiler, say): the run goes on."""
     try:
         return make(*args, **kwargs)
     except ImportError as exc:
         return None, f"not installed ({exc})"
+    except Exception as exc:
+        return None, f"unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
 
 
 def conv_layer_macs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -121,19 +124,21 @@ def main() -> int:
     for g in gates(gated_model).values():
         g.force_keep = None
     macs = {"pytorch eager": dense_macs, "onnxruntime": dense_macs, "openvino": dense_macs,
-            "openvino default prec.": dense_macs,
+            "openvino default prec.": dense_macs, "torch.compile": dense_macs,
             "dyninfer dense": dense_macs, "dyninfer gated": eff_gated}
     for keep, m in sweep_macs.items():
         macs[f"dyninfer keep {int(keep * 100)}%"] = m
 
     rows, bars = [], {}
+    compile_cache: dict = {}  # one torch.compile module, recompiled per batch size
     notes = {"pytorch eager": f"torch {torch.__version__}"}
     for bsz in args.batch_sizes:
         inputs = [torch.cat(xs[i:i + bsz]) for i in range(0, len(xs) - bsz + 1, bsz)]
         runners = {"pytorch eager": lambda t: dense_model(t)}
         makers = [("onnxruntime", lambda m, x: optional_peer(onnxruntime_runner, m, x, 1)),
                   ("openvino", lambda m, x: optional_peer(openvino_runner, m, x, 1)),
-                  ("openvino default prec.", lambda m, x: optional_peer(openvino_runner, m, x, 1, "default"))]
+                  ("openvino default prec.", lambda m, x: optional_peer(openvino_runner, m, x, 1, "default")),
+                  ("torch.compile", lambda m, x: optional_peer(torch_compile_runner, m, x, 1, compile_cache))]
         for name, make in makers:
             fn, note = make(dense_model, inputs[0])
             notes[name] = note
@@ -151,7 +156,7 @@ def main() -> int:
 
         # FP32 peers only: OpenVINO's default precision (bf16 where the CPU has it) is reported for
         # information but is not an equal-precision baseline.
-        dense_peers = [n for n in ("pytorch eager", "onnxruntime", "openvino") if n in timing]
+        dense_peers = [n for n in ("pytorch eager", "onnxruntime", "openvino", "torch.compile") if n in timing]
         fastest_peer = min(dense_peers, key=lambda n: timing[n][0])
         print(f"\nbatch {bsz}: {'runner':<22} {'median ms':>10} {'p90 ms':>8} {'MACs/sample':>12} {'GFLOP/s':>8} "
               f"{'% peak':>7} {'vs ' + fastest_peer:>16} {'speedup/MAC-red':>16}")

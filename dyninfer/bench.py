@@ -9,6 +9,8 @@ For every (threads, batch) setting: torch.set_num_threads(t), then one runner pe
     torchscript     torch.jit.freeze(torch.jit.script(dense)) (torch.jit.trace if scripting fails)
     onnxruntime     ONNX Runtime, intra_op = t, inter_op = 1, ORT_ENABLE_ALL
     openvino        OpenVINO, INFERENCE_NUM_THREADS = t, LATENCY hint, f32 precision hint
+    torch-compile   torch.compile(dense), inductor with freezing (weights folded as constants),
+                    compiled per thread count and batch (the first call of each setting, untimed)
     dyninfer-dense  dyninfer.compile(gated, gates="open"): the engine's kernels, every channel
     dyninfer-gated  dyninfer.compile(gated): per-sample gate decisions (force_keep if given)
 
@@ -46,8 +48,8 @@ from torch import nn
 __all__ = ["run_bench", "bench_inputs", "PEERS", "DENSE_PEERS", "ROW_FIELDS", "SWEEP_FIELDS", "DEFAULT_SWEEP",
            "format_table"]
 
-PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino", "dyninfer-dense", "dyninfer-gated")
-DENSE_PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino")  # baselines for the speedups
+PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino", "torch-compile", "dyninfer-dense", "dyninfer-gated")
+DENSE_PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino", "torch-compile")  # baselines for the speedups
 # Every row carries every field; numbers are None in an unavailable row.
 ROW_FIELDS = ("threads", "batch", "peer", "status", "version", "median_ms", "p90_ms", "throughput_per_s",
               "macs_per_sample", "macs_kind", "gflops", "fraction_of_peak", "fraction_of_peak_per_core",
@@ -203,6 +205,23 @@ def openvino_runner(dense: nn.Module, x: torch.Tensor, threads: int, precision: 
     return run, f"openvino {ov.__version__}, precision {used}"
 
 
+def torch_compile_runner(dense: nn.Module, x: torch.Tensor, threads: int, cache: dict | None = None):
+    """torch.compile (inductor, freezing: weights folded into the graph as constants) -> (run,
+    version). One compiled module per thread count (inductor's C++ kernels read the thread count
+    when they are generated); a new batch size recompiles on its first call, which the caller makes
+    untimed. Raises if inductor cannot compile here (no C++ compiler, unsupported op)."""
+    import torch._inductor.config as inductor_config
+
+    cache = {} if cache is None else cache
+    key = ("torch-compile", threads)
+    if key not in cache:
+        cache[key] = torch.compile(dense, backend="inductor", dynamic=False)
+    compiled = cache[key]
+    with inductor_config.patch(freezing=True), torch.no_grad():
+        compiled(x)  # compiles for this batch size now; the timed calls (same shape, no_grad) reuse it
+    return compiled, f"torch {torch.__version__} (compile: inductor, freezing)"
+
+
 def _build(peer: str, dense: nn.Module, gated: nn.Module | None, x: torch.Tensor, threads: int,
            force_keep: float | None, cache: dict) -> tuple[Runner, str]:
     from . import compile as engine_compile
@@ -217,6 +236,8 @@ def _build(peer: str, dense: nn.Module, gated: nn.Module | None, x: torch.Tensor
         return onnxruntime_runner(dense, x, threads, cache)
     if peer == "openvino":
         return openvino_runner(dense, x, threads)
+    if peer == "torch-compile":
+        return torch_compile_runner(dense, x, threads, cache)
     if peer == "dyninfer-dense":
         if peer not in cache:
             cache[peer] = engine_compile(gated if gated is not None else dense, gates="open")

@@ -55,7 +55,7 @@ def test_cli_json_has_every_field(cli_result):
         assert set(row["speedup_vs"]) == ok_dense == set(row["speedup_over_mac_reduction"])
         for base, s in row["speedup_vs"].items():
             assert math.isclose(row["speedup_over_mac_reduction"][base], s / row["mac_reduction"], rel_tol=1e-9)
-    for peer in ("pytorch", "dyninfer-dense", "dyninfer-gated"):  # always buildable here
+    for peer in ("pytorch", "torch-compile", "dyninfer-dense", "dyninfer-gated"):  # always buildable here
         assert all(x["status"] == "ok" for x in r["rows"] if x["peer"] == peer)
 
 
