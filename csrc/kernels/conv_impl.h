@@ -574,6 +574,19 @@ static float plane_copy(const float* src, int64_t src_wp, float* dst, int64_t ds
 constexpr int kLinearChunk = 8192;
 constexpr int64_t kLinearStreamWeights = int64_t{1} << 20;  // floats (4 MB): stream from here up
 
+// Mask of the first r lanes (r <= T::W), and four vectors stored at p, p + W, p + 2W, p + 3W.
+template <class T>
+static inline uint32_t first_lanes(int r) {
+  return r >= T::W ? T::kFull : static_cast<uint32_t>((1ull << r) - 1ull);
+}
+template <class T>
+static inline void store4(float* p, typename T::V a0, typename T::V a1, typename T::V a2, typename T::V a3) {
+  T::storeu(p, a0);
+  T::storeu(p + T::W, a1);
+  T::storeu(p + 2 * T::W, a2);
+  T::storeu(p + 3 * T::W, a3);
+}
+
 template <class T>
 static void linear_acc_stream(const float* wt, int n_out, const float* xs, const int32_t* ks, int n, float* acc) {
   using V = typename T::V;
@@ -588,14 +601,10 @@ static void linear_acc_stream(const float* wt, int n_out, const float* xs, const
         const V a1 = T::add(T::load(acc + o + T::W), T::mul_rounded(T::load(w + o + T::W), x));
         const V a2 = T::add(T::load(acc + o + 2 * T::W), T::mul_rounded(T::load(w + o + 2 * T::W), x));
         const V a3 = T::add(T::load(acc + o + 3 * T::W), T::mul_rounded(T::load(w + o + 3 * T::W), x));
-        T::storeu(acc + o, a0);
-        T::storeu(acc + o + T::W, a1);
-        T::storeu(acc + o + 2 * T::W, a2);
-        T::storeu(acc + o + 3 * T::W, a3);
+        store4<T>(acc + o, a0, a1, a2, a3);
       }
       for (; o < o1; o += T::W) {
-        const int r = o1 - o < T::W ? o1 - o : T::W;
-        const uint32_t m = r == T::W ? T::kFull : static_cast<uint32_t>((1ull << r) - 1ull);
+        const uint32_t m = first_lanes<T>(o1 - o);
         T::store_m(acc + o, T::add(T::load_m(acc + o, m), T::mul_rounded(T::load_m(w + o, m), x)), m);
       }
     }
@@ -618,14 +627,10 @@ static void linear_acc(const float* wt, int n_out, const float* xs, const int32_
       a2 = T::add(a2, T::mul_rounded(T::load(w + 2 * T::W), x));
       a3 = T::add(a3, T::mul_rounded(T::load(w + 3 * T::W), x));
     }
-    T::storeu(acc + o, a0);
-    T::storeu(acc + o + T::W, a1);
-    T::storeu(acc + o + 2 * T::W, a2);
-    T::storeu(acc + o + 3 * T::W, a3);
+    store4<T>(acc + o, a0, a1, a2, a3);
   }
   for (; o < n_out; o += T::W) {
-    const int r = n_out - o < T::W ? n_out - o : T::W;
-    const uint32_t m = r == T::W ? T::kFull : static_cast<uint32_t>((1ull << r) - 1ull);
+    const uint32_t m = first_lanes<T>(n_out - o);
     V a = T::load_m(acc + o, m);
     for (int j = 0; j < n; ++j)
       a = T::add(a, T::mul_rounded(T::load_m(wt + static_cast<int64_t>(ks[j]) * n_out + o, m), T::set1(xs[j])));
