@@ -57,7 +57,7 @@ _TRAIN_HELP = {
     "lambda_bs": "weight of batch-shaping (rewards gates that are on for some inputs and off for others)",
     "lambda_rt": "weight of the response-target term (gates fit each sample's strongest channels)",
     "kl_reduction": "mean (KL / channels, the reference code's reduction) or sum",
-    "budget": "sample (every input keeps R of each layer's filters) or batch (R binds the batch mean: inputs may keep more or fewer)",
+    "budget": "sample (every input keeps R of each layer's filters), batch (R binds the batch mean) or difficulty (per-input ratios from the task loss: hard inputs keep more)",
     "gate_init": "input (W1 Kaiming: input-dependent from the start) or open (W1 = 0: the paper's VGG init)",
     "freeze_gates": "do not train the gate parameters",
     "static_from": "static-mask baseline: freeze every gate to the most frequent filters of this gated checkpoint",

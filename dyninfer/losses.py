@@ -83,8 +83,24 @@ from torch import Tensor, nn
 from .nn.decouple import gates as _gates
 from .nn.gates import ArchitectureControl
 
-__all__ = ["LossConfig", "DecouplingLoss", "PRESETS", "preset", "list_presets", "kl_z_y", "sparsity_loss", "free_ratio", "response_targets",
+__all__ = ["LossConfig", "DecouplingLoss", "BUDGETS", "difficulty_ratios", "PRESETS", "preset", "list_presets", "kl_z_y", "sparsity_loss", "free_ratio", "response_targets",
            "batch_shaping_loss", "beta_cdf", "gate_on_probability"]
+
+
+BUDGETS = ("sample", "batch", "difficulty")
+DIFFICULTY_SPREAD = 0.5  # budget "difficulty": per-sample ratios span R·(1 ± this)
+
+
+def difficulty_ratios(logits: Tensor, labels: Tensor, target_ratio: float, spread: float = DIFFICULTY_SPREAD) -> Tensor:
+    """(B,) per-sample keep ratios with mean R: samples ranked by their cross-entropy (detached;
+    ties by index), the easiest R·(1 − spread), the hardest R·(1 + spread), linear in the rank,
+    clamped to [0, 1]."""
+    b = logits.shape[0]
+    ce = F.cross_entropy(logits.detach().float(), labels, reduction="none")
+    rank = torch.empty(b, device=logits.device, dtype=torch.float32)
+    rank[torch.sort(ce, stable=True).indices] = torch.arange(b, device=logits.device, dtype=torch.float32)
+    pos = 2.0 * rank / max(b - 1, 1) - 1.0 if b > 1 else torch.zeros_like(rank)
+    return (target_ratio * (1.0 + spread * pos)).clamp(0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,10 @@ class LossConfig:
         R binds the batch mean (L_s on the batch's mean count, L_rt's targets the top round(R·N^l·B)
         responses of the whole batch), so an input with more to compute may keep more filters and
         another fewer, at the same mean cost: the per-input allocation that one static mask cannot make.
+        "difficulty": per-sample ratios from the task loss: the batch's samples ranked by their
+        cross-entropy (detached), R_i = R·(1 + s·(2·rank_i/(B − 1) − 1)) with s = DIFFICULTY_SPREAD,
+        mean R, so the inputs the model finds hard are asked to keep more filters (L_s and L_rt per
+        sample at R_i); the gates must learn to tell them from their inputs.
     eps: smoothing of the KL normalisation and logs (see module docstring); must be > 0.
 
     The defaults are the dynamic recipe (module docstring), R = 0.5. Where the values come from:
@@ -146,8 +166,8 @@ class LossConfig:
             raise ValueError(f"LossConfig.eps: must be > 0, got {self.eps}")
         if not isinstance(self.mi_fit_head, bool):
             raise ValueError(f"LossConfig.mi_fit_head: expected a bool, got {self.mi_fit_head!r}")
-        if self.budget not in ("sample", "batch"):
-            raise ValueError(f"LossConfig.budget: 'sample' or 'batch', got {self.budget!r}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"LossConfig.budget: one of {BUDGETS}, got {self.budget!r}")
         if self.kl_reduction not in ("mean", "sum"):
             raise ValueError(f"LossConfig.kl_reduction: 'mean' or 'sum', got {self.kl_reduction!r}")
 
@@ -252,7 +272,7 @@ def batch_shaping_loss(p: Tensor, a: float, b: float) -> Tensor:
     return (ecdf - beta_cdf(sorted_p, a, b)).pow(2).mean()
 
 
-def response_targets(y_mean: Tensor, keep: float, budget: str = "sample") -> Tensor:
+def response_targets(y_mean: Tensor, keep: float | Tensor, budget: str = "sample") -> Tensor:
     """(B, N) 0/1 targets from the GAP responses y_mean (ties to the lower index). budget "sample":
     per sample, its round(keep·N) strongest channels (at least 1); "batch": the round(keep·N·B)
     strongest (sample, channel) pairs of the whole batch, so samples may keep different counts."""
@@ -264,6 +284,11 @@ def response_targets(y_mean: Tensor, keep: float, budget: str = "sample") -> Ten
     if budget != "sample":
         raise ValueError(f"response_targets: budget must be 'sample' or 'batch', got {budget!r}")
     n = y.shape[1]
+    if torch.is_tensor(keep):  # (B,) per-sample ratios: sample i keeps its round(keep_i·N) strongest
+        k = torch.round(keep.to(y.dtype) * n).clamp(1, n).unsqueeze(1)  # (B, 1)
+        order = torch.sort(y, dim=1, descending=True, stable=True).indices
+        ranks = torch.arange(n, device=y.device, dtype=y.dtype).expand_as(y)
+        return torch.zeros_like(y_mean).scatter_(1, order, (ranks < k).to(y_mean.dtype))
     k = max(1, int(round(keep * n)))
     idx = torch.sort(y, dim=1, descending=True, stable=True).indices[:, :k]
     return torch.zeros_like(y_mean).scatter_(1, idx, 1.0)
@@ -278,9 +303,10 @@ def free_ratio(target_ratio: float, channels: int, core: int) -> float:
     return r if 0.0 < r < 1.0 else 0.5
 
 
-def sparsity_loss(z: Tensor, target_ratio: float, budget: str = "sample") -> Tensor:
-    """| ||z||_1 − R·N |: (B,) per sample (Eq. 11), or with budget "batch" (1,) on the batch's mean
-    ||z||_1, so that only the mean count is held at R·N; R = 0 gives ||z||_1."""
+def sparsity_loss(z: Tensor, target_ratio: float | Tensor, budget: str = "sample") -> Tensor:
+    """| ||z||_1 − R·N |: (B,) per sample (Eq. 11; R may be a (B,) tensor of per-sample ratios), or
+    with budget "batch" (1,) on the batch's mean ||z||_1, so that only the mean count is held at R·N;
+    R = 0 gives ||z||_1."""
     counts = z.sum(dim=1)
     if budget == "batch":
         counts = counts.mean().reshape(1)
@@ -402,6 +428,9 @@ class DecouplingLoss(nn.Module):
         lambda_rt = cfg.lambda_rt * self.rt_scale
         shaping = lambda_bs > 0 and b >= 2
         head_fit = logits.new_zeros(())  # L_mi with z detached: W_cla's own objective (mi_fit_head)
+        budget, ratio = cfg.budget, cfg.target_ratio
+        if budget == "difficulty":  # per-sample ratios, then the per-sample forms of L_s and L_rt
+            budget, ratio = "sample", difficulty_ratios(logits, labels, cfg.target_ratio)
         for path, g in self._gates.items():
             z, y_mean = self._checked(path, g, b)  # (B, N^l) each
             head = self.classifiers[_key(path)]
@@ -412,7 +441,7 @@ class DecouplingLoss(nn.Module):
                 mi = mi + F.cross_entropy(head(z), labels)  # Eq. 9
             layer_kl = kl_z_y(z, y_mean, cfg.eps).mean()  # Eq. 10
             kl = kl + (layer_kl / z.shape[1] if cfg.kl_reduction == "mean" else layer_kl)
-            sp = sp + sparsity_loss(z, cfg.target_ratio, cfg.budget).mean()  # Eq. 11
+            sp = sp + sparsity_loss(z, ratio, budget).mean()  # Eq. 11
             if shaping or lambda_rt > 0:
                 # a static core (ArchitectureControl.set_core) is on for every input: batch-shaping and
                 # the response targets see only the other filters, at the rate that keeps R overall
@@ -426,7 +455,11 @@ class DecouplingLoss(nn.Module):
                 if shaping:
                     bs = bs + batch_shaping_loss(gate_on_probability(g_logits), r, 1.0 - r)
                 if lambda_rt > 0:
-                    rt = rt + F.binary_cross_entropy_with_logits(g_logits, response_targets(y_free, r, cfg.budget))
+                    keep = r
+                    if torch.is_tensor(ratio):  # the free filters' per-sample rate for each R_i
+                        n_core = int(g.core.sum()) if g.core is not None else 0
+                        keep = ((ratio * g.out_channels - n_core) / max(g.out_channels - n_core, 1)).clamp(0.0, 1.0)
+                    rt = rt + F.binary_cross_entropy_with_logits(g_logits, response_targets(y_free, keep, budget))
         total = ce + self.aux_scale * (cfg.lambda_mi * mi + cfg.lambda_kl * kl + cfg.lambda_s * sp + lambda_bs * bs
                                        + lambda_rt * rt)  # Eq. 12 + L_bs + L_rt
         if cfg.mi_fit_head:

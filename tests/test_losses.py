@@ -400,3 +400,27 @@ def test_batch_budget_reaches_the_criterion(model):
     assert parts["sparsity"].item() == pytest.approx(hand)
     per_sample = sum((z.sum(dim=1) - 0.5 * z.shape[1]).abs().mean().item() for z in ZS)
     assert hand != pytest.approx(per_sample)  # the hand-made gates make the two forms differ
+
+
+def test_difficulty_budget_asks_hard_samples_to_keep_more():
+    """budget="difficulty": ratios ranked by per-sample cross-entropy, mean R, the hardest sample
+    R·(1 + 0.5); per-sample response targets keep round(R_i·N) channels."""
+    from dyninfer.losses import difficulty_ratios
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [1.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 0, 0, 1])  # CE: tiny, large, middling, ln 2
+    r = difficulty_ratios(logits, labels, 0.5)
+    assert r.tolist() == pytest.approx([0.25, 0.75, 0.5 * (1 + 0.5 * (2 * 1 / 3 - 1)), 0.5 * (1 + 0.5 * (2 * 2 / 3 - 1))])
+    assert r.mean().item() == pytest.approx(0.5)
+    y = torch.tensor([[4.0, 3.0, 2.0, 1.0]]).expand(4, 4)
+    assert response_targets(y, torch.tensor([0.25, 0.75, 0.5, 1.0])).sum(1).tolist() == [1, 3, 2, 4]
+    assert sparsity_loss(torch.ones(2, 4), torch.tensor([0.25, 1.0])).tolist() == [3.0, 0.0]
+
+
+def test_difficulty_budget_runs_in_the_criterion(model):
+    crit = DecouplingLoss(model, K, LossConfig(target_ratio=0.5, budget="difficulty"))
+    _set(model, ZS, YS)
+    total, parts = crit(LOGITS, LABELS)
+    assert torch.isfinite(total) and parts["rt"].item() > 0
+    crit_sample = DecouplingLoss(model, K, LossConfig(target_ratio=0.5))
+    _, parts_sample = crit_sample(LOGITS, LABELS)
+    assert parts["sparsity"].item() != pytest.approx(parts_sample["sparsity"].item())
