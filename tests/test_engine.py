@@ -110,6 +110,19 @@ def test_small_planes_match_torch(hw, k):
     check_against_torch(model, x)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_planes_past_the_prefetch_threshold_match_torch(k):
+    """Output planes of 512 KB and more (64 channels of 48 x 48) take the prefetching tiles
+    (ConvCall::prefetch_next); random channel subsets and all kept."""
+    g = torch.Generator().manual_seed(k)
+    keep_mid = torch.rand(16, generator=g) < 0.6
+    x = torch.randn(2, 3, 48, 48, generator=g)
+    for keep_out in (torch.rand(64, generator=g) < 0.6, torch.ones(64, dtype=torch.bool)):
+        model = subset_model(4, 16, 64, k, 1, k // 2, keep_mid, keep_out, k)
+        path = check_against_torch(model, x)
+        assert torch.equal(path, torch.cat([keep_mid, keep_out]).float().expand(2, -1))
+
+
 @pytest.mark.parametrize("keep_out", ["none", "all", "one"])
 def test_empty_and_full_subsets_give_defined_output(keep_out):
     cout = 7

@@ -59,7 +59,15 @@ struct ConvCall {
   // (the next output row, masked off after an odd last row) one row stride further.
   bool pairs = false;
   int64_t out_wp = 0, res_wp = 0;  // row strides of the output and residual planes
+  // Prefetch (into L2) the output and residual lines of the group's next pixel tile while this one
+  // computes: set where the computed output planes outgrow the cache (kPrefetchOutputMinBytes), so
+  // that each group's next tile, reached only after every other group's, would start with cold
+  // lines in dozens of planes at once, more streams than the hardware prefetchers follow.
+  bool prefetch_next = false;
 };
+// Measured on Zen 4 (interleaved A/B, one thread): ResNet-50 convs 0.92x the time, MobileNetV2
+// 0.92x, ResNet-18 0.94x; the CIFAR ResNets stay below the threshold (no change).
+constexpr int64_t kPrefetchOutputMinBytes = int64_t{512} << 10;
 
 // What one ISA's conv kernels can do. Kernel selection (conv_caps, conv_vector_width,
 // conv_max_group, and the plan's choice of layout per conv) reads nothing else, and each ISA's

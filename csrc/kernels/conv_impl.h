@@ -145,6 +145,15 @@ template <class T, int M, int NV, int KH, int KW, bool S2>
 static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
   const float* wrow[M];
   for (int m = 0; m < M; ++m) wrow[m] = c.w + static_cast<int64_t>(c.out_real[k0 + m]) * c.w_ostride;
+  if (c.prefetch_next && v0 + NV < c.n_vec) {  // the next tile's epilogue lines (ConvCall::prefetch_next)
+    const int vn = v0 + NV;
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < NV && vn + j < c.n_vec; ++j) {
+        __builtin_prefetch(c.out_plane[k0 + m] + c.out_off[vn + j], 1, 2);
+        if (c.res_plane && c.res_plane[k0 + m] && c.res_plane[k0 + m] != c.out_plane[k0 + m])
+          __builtin_prefetch(c.res_plane[k0 + m] + c.res_off[vn + j], 0, 2);
+      }
+  }
   typename T::V acc[M][NV];
   micro<T, M, NV, KH, KW, S2>(c, wrow, c.in_off + v0, acc);
   // Epilogue straight from the accumulator registers: bias, residual, ReLU, (masked) store, and

@@ -308,6 +308,7 @@ struct Executor {
     call.use_asm = P.asm_;
     call.pairs = c.pairs;
     call.out_wp = bo.Wp;
+    call.prefetch_next = static_cast<int64_t>(nk) * bo.plane * static_cast<int64_t>(sizeof(float)) >= kPrefetchOutputMinBytes;
     call.res_wp = c.res >= 0 ? P.buffers_[c.res].Wp : 0;
     if (c.direct) {
       call.in = ws.buf_data[c.in];
