@@ -207,14 +207,17 @@ def openvino_runner(dense: nn.Module, x: torch.Tensor, threads: int, precision: 
 
 def torch_compile_runner(dense: nn.Module, x: torch.Tensor, threads: int, cache: dict | None = None):
     """torch.compile (inductor, freezing: weights folded into the graph as constants) -> (run,
-    version). One compiled module per thread count (inductor's C++ kernels read the thread count
-    when they are generated); a new batch size recompiles on its first call, which the caller makes
-    untimed. Raises if inductor cannot compile here (no C++ compiler, unsupported op)."""
+    version). A new thread count starts from a reset compiler cache (inductor's C++ kernels are
+    generated for the thread count of the moment, and dynamo's guards would otherwise hand back the
+    previous setting's code); a new batch size compiles here, before timing. Raises if inductor
+    cannot compile here (no C++ compiler, unsupported op)."""
+    import torch._dynamo
     import torch._inductor.config as inductor_config
 
     cache = {} if cache is None else cache
     key = ("torch-compile", threads)
     if key not in cache:
+        torch._dynamo.reset()
         cache[key] = torch.compile(dense, backend="inductor", dynamic=False)
     compiled = cache[key]
     with inductor_config.patch(freezing=True), torch.no_grad():
