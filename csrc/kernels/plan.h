@@ -76,6 +76,7 @@ struct ConvOp {
   bool pairs = false;    // 16-lane vectors of two 8-pixel rows (see build_conv_vectors)
   int vw = 8;            // pixels per output vector (see conv_vector_width)
   int64_t col_rows = 0;  // im2col: padded output row width (multiple of the vector width)
+  int max_group = 1;     // tallest channel group of its tiles (conv_max_group, fixed by the layout)
   std::string name;
 };
 

@@ -245,6 +245,7 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
           throw PlanError("conv '" + c.name + "': its column buffer would exceed " + std::to_string(kMaxBufferFloats) +
                           " floats");
         build_conv_vectors(c);
+        c.max_group = conv_max_group(isa_, c.vw, c.pairs, static_cast<int>(c.out_off.size()));
         ops_.push_back({kConv, static_cast<int>(convs_.size())});
         convs_.push_back(std::move(c));
         break;

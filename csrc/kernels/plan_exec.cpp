@@ -276,8 +276,7 @@ struct Executor {
     ws.sums_valid[c.out] = 1;
     if (nk == 0) return;
     // Channel groups of near-equal size up to the kernel's register-tile height.
-    const int ng = conv_make_groups(nk, conv_max_group(P.isa_, c.vw, c.pairs, static_cast<int>(c.out_off.size())),
-                                    ws.group_start.data(), ws.group_size.data());
+    const int ng = conv_make_groups(nk, c.max_group, ws.group_start.data(), ws.group_size.data());
     ConvCall call;
     call.n_in = n_in;
     call.in_real = in_act.data();
@@ -371,8 +370,7 @@ struct Executor {
       part.res_plane = call.res_plane ? ws.res_plane.data() + k0 : nullptr;
       part.use_asm = call.use_asm && n > 0;
       part.g_begin = 0;
-      part.g_end = conv_make_groups(k - k0, conv_max_group(P.isa_, c.vw, c.pairs, call.n_vec),
-                                    ws.group_start.data(), ws.group_size.data());
+      part.g_end = conv_make_groups(k - k0, c.max_group, ws.group_start.data(), ws.group_size.data());
       if (c.direct) {
         part.in = ws.buf_data[c.in] + static_cast<int64_t>(i0) * bi.plane;
       } else {
