@@ -68,6 +68,7 @@ _TRAIN_HELP = {
     "hard_gates_from": "from this fraction of the epochs on, gates train on their eval decisions (no noise)",
     "freeze_gates_from": "from this fraction of the epochs on, gates are frozen and only the task loss trains the weights",
     "core_ratio": "static core: this share of each layer's filters (strongest mean responses) is on for every input; the gates choose among the rest",
+    "static_layers": "comma-separated gate path prefixes (e.g. layer1) whose gates are frozen to one static mask of R of their filters (strongest mean responses); the others stay dynamic",
     "detach_gate_input": "gates read their inputs detached: the decoupling losses train the gates only, the backbone trains on the task loss",
     "boost_gates": "boosted gates: each kept channel is scaled per input by 2*sigmoid(gate logit), in (1, 2)",
     "autocast": "bf16: train under CPU bf16 autocast (faster with AMX / AVX512_BF16); off: FP32",

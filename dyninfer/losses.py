@@ -432,6 +432,8 @@ class DecouplingLoss(nn.Module):
         if budget == "difficulty":  # per-sample ratios, then the per-sample forms of L_s and L_rt
             budget, ratio = "sample", difficulty_ratios(logits, labels, cfg.target_ratio)
         for path, g in self._gates.items():
+            if g.static:  # a constant mask (freeze_static): no term depends on anything trainable
+                continue
             z, y_mean = self._checked(path, g, b)  # (B, N^l) each
             head = self.classifiers[_key(path)]
             if cfg.mi_fit_head:

@@ -114,6 +114,12 @@ class TrainConfig:
     # rest at the rate that keeps the target ratio R overall (ArchitectureControl.set_core). Lowers
     # path entropy: the core filters train on every input. None: every filter is gated
     core_ratio: float | None = None
+    # static layers: the gates whose paths start with one of these comma-separated prefixes (e.g.
+    # "layer1" or "layer1,layer2") are frozen for the whole run to one mask of round(R·N) filters, those
+    # with the largest mean response of the init model (as the core is chosen); the gates elsewhere
+    # stay dynamic. For networks whose early gates, fed shallow features, are worth nothing per input
+    # and only cost their filters half of the data. None: every gate is dynamic
+    static_layers: str | None = None
     # the gates read their inputs detached (ArchitectureControl.detach_input): no gradient of the
     # decoupling losses or of the gates' straight-through estimator reaches the backbone's weights,
     # which train on the task loss (and distillation) alone, as a static mask's do
@@ -202,6 +208,13 @@ class TrainConfig:
             if not 0 < self.core_ratio < r:
                 raise ValueError(f"TrainConfig.core_ratio: a share of the filters in (0, R) with R = {r} the "
                                  f"target ratio, got {self.core_ratio}")
+        if self.static_layers is not None:
+            if not self.gated or self.static_from is not None:
+                raise ValueError("TrainConfig.static_layers: static layers belong to a dynamic gated run "
+                                 "(gated=True, static_from=None)")
+            if not self.static_layer_prefixes():
+                raise ValueError(f"TrainConfig.static_layers: comma-separated gate path prefixes such as "
+                                 f"'layer1,layer2', got {self.static_layers!r}")
         if self.static_from is not None and not self.gated:
             raise ValueError("TrainConfig.static_from: a static-mask baseline is a gated model (gated=True)")
         if self.gate_init not in GATE_INITS:
@@ -228,6 +241,10 @@ class TrainConfig:
         except TypeError as exc:
             raise ValueError(f"TrainConfig: without a preset give lambda_mi, lambda_kl, lambda_s and "
                              f"target_ratio ({exc})") from exc
+
+    def static_layer_prefixes(self) -> list[str]:
+        """The prefixes of ``static_layers`` (empty when None)."""
+        return [p.strip() for p in (self.static_layers or "").split(",") if p.strip()]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -538,6 +555,20 @@ def core_masks(model: nn.Module, train_ds: Dataset, ratio: float, samples: int =
     return masks
 
 
+def static_layer_masks(model: nn.Module, train_ds: Dataset, prefixes: list[str], ratio: float) -> dict[str, Tensor]:
+    """{gate path: (N,) bool} for the gates whose path is one of ``prefixes`` or lies under one
+    (TrainConfig.static_layers): the round(ratio · N) filters of strongest mean response, as
+    ``core_masks`` ranks them. A prefix that names no gate is an error naming the gates there are."""
+    own = list(gates(model))
+    under = {p: [k for k in own if k == p or k.startswith(p + ".")] for p in prefixes}
+    missing = [p for p, ks in under.items() if not ks]
+    if missing:
+        raise ValueError(f"TrainConfig.static_layers: {missing} name no gate of the model; its gates are "
+                         f"{own[:4]} ... ({len(own)} in all)")
+    chosen = {k for ks in under.values() for k in ks}
+    return {k: m for k, m in core_masks(model, train_ds, ratio).items() if k in chosen}
+
+
 # ---------------------------------------------------------------------------------------------
 # the loop
 
@@ -567,7 +598,7 @@ _RESUME_FREE = {"resume", "progress", "threads", "num_workers", "out_dir"}
 
 # fields that only a gated run reads: a dense run's resume state ignores them
 _GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "rt_decay",
-               "hard_gates_from", "freeze_gates_from", "core_ratio", "detach_gate_input", "boost_gates",
+               "hard_gates_from", "freeze_gates_from", "core_ratio", "static_layers", "detach_gate_input", "boost_gates",
                "static_eval"}
 
 
@@ -671,7 +702,13 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
         core = core_masks(model, train_ds, cfg.core_ratio)
         for k, g in gates(model).items():
             g.set_core(core[k])
-    core_gates = list(gates(model).values()) if core is not None else []
+    static_layers = None
+    if cfg.static_layers is not None:
+        static_layers = static_layer_masks(model, train_ds, cfg.static_layer_prefixes(),
+                                           cfg.loss_config().target_ratio)
+        for k, keep in static_layers.items():
+            gates(model)[k].freeze_static(keep)  # also drops the core there
+    core_gates = [g for g in gates(model).values() if g.core is not None]
     for g in gates(model).values():  # for the whole run; the returned model's gates are reset below
         g.detach_input = cfg.detach_gate_input
         g.boost = cfg.boost_gates
@@ -717,6 +754,10 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
     if core is not None:
         meta["core"] = {"ratio": cfg.core_ratio, "filters": sum(int(m.sum()) for m in core.values()),
                         "of": sum(m.numel() for m in core.values())}
+    if static_layers is not None:
+        meta["static_layers"] = {"prefixes": cfg.static_layer_prefixes(), "gates": len(static_layers),
+                                 "filters": sum(m.numel() for m in static_layers.values()),
+                                 "of": sum(g.out_channels for g in gates(model).values())}
     resume_path = out_dir / RESUME_FILE
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None

@@ -276,6 +276,54 @@ def test_core_ratio_keeps_a_static_core(tmp_path):
     assert meta["core"]["ratio"] == 0.25 and meta["core"]["filters"] == sum(int(m.sum()) for m in masks.values())
 
 
+def test_static_layers_freeze_their_gates_to_the_strongest_filters(tmp_path):
+    """static_layers: the gates under the named prefixes keep round(R·N) filters of strongest mean
+    response for every input through training, the decoupling loss skips them, and the other gates
+    stay dynamic with their core."""
+    from dyninfer.losses import DecouplingLoss, LossConfig
+    from dyninfer.train import core_masks, static_layer_masks
+    with pytest.raises(ValueError, match="static_layers"):
+        TrainConfig(static_layers="layer1", gated=False)
+    with pytest.raises(ValueError, match="static_layers"):
+        TrainConfig(static_layers=" , ")
+    common = dict(model="resnet20", dataset="digits", batch_size=32, train_subset=64, test_subset=32, threads=1,
+                  macs_samples=8, progress=False, milestones=(1.0,), static_eval=False)
+    dense = train(TrainConfig(gated=False, epochs=1, out_dir=str(tmp_path / "dense"), **common))
+    init = create_model("resnet20", num_classes=10, gated=True)
+    load_init_weights(init, dense.last_path)
+    full = load_dataset("digits", split="train", augment=False)
+    train_ds = Subset(full, torch.randperm(len(full), generator=torch.Generator().manual_seed(0))[:64].tolist())
+    with pytest.raises(ValueError, match="layer9"):
+        static_layer_masks(init, train_ds, ["layer1", "layer9"], 0.5)
+    masks = static_layer_masks(init, train_ds, ["layer1"], 0.5)
+    assert set(masks) == {k for k in dyninfer_gates(init) if k.startswith("layer1.")}
+    ranked = core_masks(init, train_ds, 0.5)
+    assert all(torch.equal(masks[k], ranked[k]) for k in masks)
+    run = train(TrainConfig(gated=True, epochs=1, init_checkpoint=str(dense.last_path), static_layers="layer1",
+                            core_ratio=0.2, out_dir=str(tmp_path / "st"), **common))
+    trained = dyninfer_gates(run.model)
+    test_x = torch.stack([load_dataset("digits", split="test")[i][0] for i in range(32)])
+    with torch.no_grad():
+        run.model.eval()(test_x)
+    for path, g in trained.items():
+        if path in masks:
+            assert g.static and g.core is None
+            assert bool((g.z == masks[path].to(g.z)).all())  # the same mask for every input
+        else:
+            assert not g.static and g.core is not None
+    # the loss skips the frozen gates: removing their z changes nothing
+    crit = DecouplingLoss(run.model, 10, LossConfig(lambda_mi=0.05, lambda_kl=0.0, lambda_s=0.02, target_ratio=0.5))
+    run.model.train()
+    logits = run.model(test_x)
+    labels = torch.arange(32) % 10
+    before = crit(logits, labels)[0]
+    for path in masks:
+        trained[path].z = None
+    assert torch.equal(crit(logits, labels)[0], before)
+    meta = json.loads((tmp_path / "st" / "config.json").read_text())
+    assert meta["static_layers"]["gates"] == len(masks) == 6
+
+
 def test_detached_gate_input_keeps_decoupling_losses_out_of_the_backbone(tmp_path):
     """detach_gate_input: after one step from the same init, the backbone's weights do not depend on
     the decoupling losses' weights (only the gates' do); without it they do."""

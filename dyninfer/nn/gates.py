@@ -117,6 +117,9 @@ class ArchitectureControl(nn.Module):
         # (N,) bool: the static core, filters that are on for every input (set_core), or None.
         # Not saved in the state dict: a core gate's parameters encode it (see set_core).
         self.core: Tensor | None = None
+        # True once freeze_static made the gate a constant mask: its decisions depend on nothing, so the
+        # decoupling losses skip it. Not saved: a frozen gate's parameters encode its mask.
+        self.static = False
 
     def reset_open(self) -> None:
         self.reset_parameters("open")
@@ -152,6 +155,8 @@ class ArchitectureControl(nn.Module):
             self.fc2.bias.copy_(torch.where(keep, margin, -margin).to(self.fc2.bias))
         for p in self.parameters():
             p.requires_grad_(False)
+        self.core = None
+        self.static = True
 
     def set_core(self, keep: Tensor | None, margin: float = CORE_MARGIN) -> None:
         """Make the filters of ``keep`` (N,) bool a static core: on for every input, while the gate
