@@ -160,6 +160,59 @@ void gemv(Isa isa, const float* wt, const float* x, const int32_t* idx, int nk, 
 // (a Linear layer with its weight transposed, bit-identical to the scalar loop; see conv_impl.h).
 void linear_acc(Isa isa, const float* wt, int n_out, const float* xs, const int32_t* ks, int n, float* acc);
 
+// Winograd F(2x2, 3x3) for 3x3 stride-1 pad-1 dilation-1 ungrouped convs: per 2x2 output tile,
+// 16 multiplies per (input, output) channel pair instead of 36. Three phases, each over independent
+// ranges (so a caller may split them across threads, one phase after the other):
+//   0: input transform of compact input channels [begin, end): V[xi][c][t] = (B^T d B)[xi] of the
+//      4x4 input window of tile t (t = ty * ceil(W/2) + tx; lanes past the last tile are zero);
+//   1: GEMMs of positions xi in [begin, end): M[xi][k][t] = sum_c U[xi][out_real[k]][in_real[c]] V[xi][c][t];
+//   2: output transform of computed channels [begin, end): Y = A^T M A, then bias, residual,
+//      activation and boost scale as in ConvCall's epilogue, the real pixels stored, sums added.
+// Results differ from direct convolution by rounding only (the transforms add a few ulp; measured
+// in tests/test_winograd.py).
+constexpr int kWinoPad = 16;  // floats between the xi blocks of V and M (no 4 KiB aliasing among the 16)
+struct WinoCall {
+  const float* in = nullptr;  // padded plane (border in_b >= 1) of compact input channel 0
+  int64_t cstride = 0, in_wp = 0;
+  int in_hp = 0, in_b = 0;
+  int H = 0, W = 0;  // output plane = input plane (stride 1, padding 1)
+  int n_in = 0;
+  const int32_t* in_real = nullptr;
+  const float* u = nullptr;  // transformed weights U[16][u_o][u_i] (wino_weights)
+  int u_o = 0, u_i = 0;
+  int n_out = 0;
+  const int32_t* out_real = nullptr;
+  float* const* out_plane = nullptr;  // padded planes (border out_b) of the computed channels
+  int64_t out_wp = 0;
+  int out_b = 0;
+  const float* const* res_plane = nullptr;  // entries may be null; border res_b
+  int64_t res_wp = 0;
+  int res_b = 0;
+  const float* bias = nullptr;  // indexed by real output channel
+  int act = 0;
+  float act_lo = 0.f, act_hi = 0.f;
+  const float* scale = nullptr;
+  bool scale_first = false;
+  float* sums = nullptr;  // indexed by real output channel; nullptr: not needed
+  float* v = nullptr;     // scratch, 64-byte aligned: wino_scratch_floats(H, W, n_in, n_out, lanes) in all
+  float* m = nullptr;     // v + 16 * (n_in * NT + kWinoPad)
+};
+// Tiles of an H x W output, rounded up to whole vectors of `lanes`.
+inline int64_t wino_tiles(int H, int W, int lanes) {
+  const int64_t nt = static_cast<int64_t>((H + 1) / 2) * ((W + 1) / 2);
+  return (nt + lanes - 1) / lanes * lanes;
+}
+// Floats of V followed by M for n_in inputs and n_out outputs.
+inline int64_t wino_scratch_floats(int H, int W, int n_in, int n_out, int lanes) {
+  const int64_t nt = wino_tiles(H, W, lanes);
+  return 16 * (static_cast<int64_t>(n_in) * nt + kWinoPad) + 16 * (static_cast<int64_t>(n_out) * nt + kWinoPad);
+}
+// U[16][O][I] = G g G^T of every 3x3 kernel g = w[o][i] (w: [O][I][3][3]).
+void wino_weights(const float* w, int O, int I, float* u);
+// Lanes of the ISA's Winograd kernels (0: none for this ISA; direct convolution runs instead).
+int conv_winograd_lanes(Isa isa);
+void conv_winograd(Isa isa, const WinoCall& c, int phase, int begin, int end);
+
 // The entry points one ISA's translation unit provides (conv_<isa>.cpp, all from conv_impl.h).
 struct KernelTable {
   void (*conv)(const ConvCall&);
@@ -173,6 +226,8 @@ struct KernelTable {
   void (*affine_plane)(const float*, int64_t, float, float, float*, int64_t, int, int, bool);
   void (*linear_acc)(const float*, int, const float*, const int32_t*, int, float*);
   IsaCaps caps;
+  bool (*winograd)(const WinoCall&, int, int, int) = nullptr;  // nullptr: no Winograd kernels for the ISA
+  int winograd_lanes = 0;
 };
 // nullptr where the ISA's kernels are not compiled in (non-x86 builds).
 const KernelTable* kernels_portable();

@@ -41,6 +41,21 @@ struct T16 {
   static V bcast(const float* p) { return _mm512_set1_ps(*p); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  // even_lanes of the first n floats at p (none read past them; lanes past n/2 are 0)
+  static V even_lanes_n(const float* p, int n) {
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __mmask16 m0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n > 0 ? n : 0)) - 1u);
+    const __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1u);
+    return _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m0, p), idx, _mm512_maskz_loadu_ps(m1, p + 16));
+  }
+  // buf[2l] = a[l], buf[2l + 1] = b[l] (32 floats, 64-byte aligned)
+  static void interleave(V a, V b, float* buf) {
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    _mm512_store_ps(buf, _mm512_permutex2var_ps(a, lo, b));
+    _mm512_store_ps(buf + 16, _mm512_permutex2var_ps(a, hi, b));
+  }
   // a * b rounded to float before any later add: the asm keeps the compiler from fusing it into an FMA
   static V mul_rounded(V a, V b) {
     V p = _mm512_mul_ps(a, b);
@@ -160,6 +175,11 @@ struct T8 {
 };
 
 }  // namespace avx512
+}  // namespace dyninfer
+
+#include "winograd_impl.h"
+
+namespace dyninfer {
 
 // The kernels use zmm/ymm16-31, which vzeroupper does not clean. Left dirty, they make every
 // legacy-SSE instruction that runs afterwards (the portable glue code of the runtime) pay a
@@ -223,6 +243,11 @@ static void pool_avx512(const PoolCall& p) {
   avx512::pool<avx512::T16>(p);
   clean_upper_state();
 }
+static bool winograd_avx512(const WinoCall& c, int phase, int begin, int end) {
+  const bool done = avx512::winograd<avx512::T16>(c, phase, begin, end);
+  clean_upper_state();
+  return done;
+}
 static double peak_avx512(int64_t iters) {
   const double f = avx512::peak<avx512::T16>(iters);
   clean_upper_state();
@@ -241,7 +266,8 @@ const KernelTable* kernels_avx512() {
                                  &subsample2_avx512, &affine_avx512, &linear_acc_avx512,
                                  IsaCaps{T16::W, T16::kHasDeinterleave && T8::kHasDeinterleave, T16P::kPairs, true,
                                          T8::kMaxM, T16::kMaxM, T16P::kMaxM, T16::nv_for(T16::kMaxM), kWholeM,
-                                         T16::nv_for(kWholeM)}};
+                                         T16::nv_for(kWholeM)},
+                                 &winograd_avx512, T16::W};
   return &table;
 }
 

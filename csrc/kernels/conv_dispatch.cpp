@@ -73,6 +73,29 @@ void linear_acc(Isa isa, const float* wt, int n_out, const float* xs, const int3
   table(isa).linear_acc(wt, n_out, xs, ks, n, acc);
 }
 
+int conv_winograd_lanes(Isa isa) { return table(isa).winograd ? table(isa).winograd_lanes : 0; }
+
+void conv_winograd(Isa isa, const WinoCall& c, int phase, int begin, int end) {
+  if (!table(isa).winograd) __builtin_trap();  // callers check conv_winograd_lanes first
+  table(isa).winograd(c, phase, begin, end);
+}
+
+void wino_weights(const float* w, int O, int I, float* u) {
+  // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+  static const float G[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
+  const int64_t plane = static_cast<int64_t>(O) * I;
+  for (int o = 0; o < O; ++o)
+    for (int i = 0; i < I; ++i) {
+      const float* g = w + (static_cast<int64_t>(o) * I + i) * 9;
+      float t[4][3];
+      for (int r = 0; r < 4; ++r)
+        for (int j = 0; j < 3; ++j) t[r][j] = G[r][0] * g[j] + G[r][1] * g[3 + j] + G[r][2] * g[6 + j];
+      for (int r = 0; r < 4; ++r)
+        for (int j = 0; j < 4; ++j)
+          u[(r * 4 + j) * plane + static_cast<int64_t>(o) * I + i] = t[r][0] * G[j][0] + t[r][1] * G[j][1] + t[r][2] * G[j][2];
+    }
+}
+
 double fma_peak_probe_width(int width, int64_t iters) {
   const Isa isa = detect_isa();
   if (width == 16) return isa == Isa::kAvx512 ? table(Isa::kAvx512).fma_peak(iters) : 0.0;

@@ -29,6 +29,11 @@ bool asm_kernels_enabled() {
   return !(e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0);
 }
 
+bool winograd_enabled() {
+  const char* e = std::getenv("DYNINFER_WINOGRAD");
+  return !(e != nullptr && std::strcmp(e, "0") == 0);
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return "avx512";

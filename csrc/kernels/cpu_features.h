@@ -11,5 +11,8 @@ const char* isa_name(Isa isa);
 // False when DYNINFER_NO_ASM=1: plans built afterwards run the intrinsics loops instead of the
 // hand-allocated assembly tiles (same sums; tests compare the two).
 bool asm_kernels_enabled();
+// False when DYNINFER_WINOGRAD=0: plans built afterwards run every 3x3 conv directly (bit-for-bit
+// the direct kernels' sums) instead of through Winograd F(2x2, 3x3) where that pays.
+bool winograd_enabled();
 
 }  // namespace dyninfer

@@ -77,6 +77,10 @@ struct ConvOp {
   int vw = 8;            // pixels per output vector (see conv_vector_width)
   int64_t col_rows = 0;  // im2col: padded output row width (multiple of the vector width)
   int max_group = 1;     // tallest channel group of its tiles (conv_max_group, fixed by the layout)
+  // Winograd F(2x2, 3x3) weights U[16][O][I] (wino_weights) where the conv can run that way (3x3,
+  // stride 1, padding 1, ungrouped, an ISA with the kernels, wino_pays with every channel live);
+  // empty otherwise. Each call takes it when wino_pays for its live inputs and kept outputs.
+  std::vector<float> wino_u;
   std::string name;
 };
 
@@ -194,6 +198,7 @@ class Plan {
   int max_hidden_ = 0;  // largest gate hidden size (the workspace's hidden vector)
   Isa isa_;
   bool asm_ = true;  // asm_kernels_enabled() when the plan was built
+  bool winograd_ = true;  // winograd_enabled() when the plan was built
 
   mutable std::mutex pool_mu_;
   mutable std::vector<std::unique_ptr<Workspace>> pool_;

@@ -57,7 +57,7 @@ static_assert(+schema::maxpool::input == +schema::avgpool::input && +schema::max
 
 Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, std::vector<WeightRef> weights,
            std::vector<std::string> names, Isa isa)
-    : weights_(std::move(weights)), isa_(isa), asm_(asm_kernels_enabled()) {
+    : weights_(std::move(weights)), isa_(isa), asm_(asm_kernels_enabled()), winograd_(winograd_enabled()) {
   size_t p = 0;
   auto next = [&](const char* what) -> int64_t {
     if (p >= meta.size()) throw PlanError(std::string("plan meta truncated while reading ") + what);
@@ -246,6 +246,12 @@ Plan::Plan(const std::vector<int64_t>& meta, const std::vector<int64_t>& ops, st
                           " floats");
         build_conv_vectors(c);
         c.max_group = conv_max_group(isa_, c.vw, c.pairs, static_cast<int>(c.out_off.size()));
+        if (winograd_ && conv_winograd_lanes(isa_) > 0 && c.direct && !c.stride2 && c.groups == 1 && c.kh == 3 &&
+            c.kw == 3 && c.ph == 1 && c.pw == 1 && wino_pays(c.I, c.O, ho, wo) && bi.B >= 1 && bi.H == ho && bi.W == wo) {
+          c.wino_u.resize(static_cast<size_t>(16) * c.O * c.I);
+          wino_weights(c.w, c.O, c.I, c.wino_u.data());
+          col_floats_ = std::max(col_floats_, wino_scratch_floats(ho, wo, c.I, c.O, conv_winograd_lanes(isa_)) + kSlack);
+        }
         ops_.push_back({kConv, static_cast<int>(convs_.size())});
         convs_.push_back(std::move(c));
         break;

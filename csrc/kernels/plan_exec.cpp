@@ -322,6 +322,7 @@ struct Executor {
       call.kw = 1;
       call.rs = tap;
     }
+    if (!c.wino_u.empty() && wino_pays(n_in, nk, bo.H, bo.W)) return winograd(c, call, nk, work_macs(c, n_in, nk));
     if (c.groups > 1) return grouped(c, call, in_act, nk);
     if (!c.direct) {
       im2col(c, n_in, 0);
@@ -330,7 +331,7 @@ struct Executor {
     // Split channel groups across threads only when the conv is big enough to repay the fork/join
     // (about 1 µs): splitting every conv made the gated ResNet-56 at batch 1 slower on 2 threads
     // than on 1.
-    const int64_t work = static_cast<int64_t>(nk) * n_in * c.kh * c.kw * bo.H * bo.W;
+    const int64_t work = work_macs(c, n_in, nk);
     if (pfor && ng > 1 && work >= kParallelMinMacs) {
       (*pfor)(0, ng, 1, [&](int64_t g0, int64_t g1) {
         ConvCall part = call;
@@ -342,6 +343,62 @@ struct Executor {
       call.g_begin = 0;
       call.g_end = ng;
       conv_run(P.isa_, call);
+    }
+  }
+
+  int64_t work_macs(const ConvOp& c, int n_in, int nk) const {
+    const Buffer& bo = P.buffers_[c.out];
+    return static_cast<int64_t>(nk) * n_in * c.kh * c.kw * bo.H * bo.W;
+  }
+
+  // Winograd F(2x2, 3x3) (conv.h): the input transform over the live inputs, the 16 GEMMs, the output
+  // transform with the direct path's epilogue; each phase split across threads when the conv is big
+  // enough, as the direct path splits its channel groups. V and M live in the column buffer, which a
+  // direct conv does not use.
+  void winograd(const ConvOp& c, const ConvCall& call, int nk, int64_t work) {
+    const Buffer &bi = P.buffers_[c.in], &bo = P.buffers_[c.out];
+    WinoCall w;
+    w.in = ws.buf_data[c.in];
+    w.cstride = bi.plane;
+    w.in_wp = bi.Wp;
+    w.in_hp = bi.Hp;
+    w.in_b = bi.B;
+    w.H = bo.H;
+    w.W = bo.W;
+    w.n_in = call.n_in;
+    w.in_real = call.in_real;
+    w.u = c.wino_u.data();
+    w.u_o = c.O;
+    w.u_i = c.I;
+    w.n_out = nk;
+    w.out_real = call.out_real;
+    w.out_plane = call.out_plane;
+    w.out_wp = bo.Wp;
+    w.out_b = bo.B;
+    if (c.res >= 0) {
+      w.res_plane = call.res_plane;
+      w.res_wp = P.buffers_[c.res].Wp;
+      w.res_b = P.buffers_[c.res].B;
+    }
+    w.bias = call.bias;
+    w.act = call.act;
+    w.act_lo = call.act_lo;
+    w.act_hi = call.act_hi;
+    w.scale = call.scale;
+    w.scale_first = call.scale_first;
+    w.sums = call.sums;
+    const int64_t nt = wino_tiles(bo.H, bo.W, conv_winograd_lanes(P.isa_));
+    w.v = ws.col;
+    w.m = ws.col + 16 * (static_cast<int64_t>(w.n_in) * nt + kWinoPad);
+    const int counts[3] = {w.n_in, 16, nk};
+    for (int phase = 0; phase < 3; ++phase) {
+      if (pfor && work >= kParallelMinMacs) {
+        (*pfor)(0, counts[phase], 1, [&](int64_t b, int64_t e) {
+          conv_winograd(P.isa_, w, phase, static_cast<int>(b), static_cast<int>(e));
+        });
+      } else {
+        conv_winograd(P.isa_, w, phase, 0, counts[phase]);
+      }
     }
   }
 
