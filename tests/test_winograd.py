@@ -64,8 +64,9 @@ def test_winograd_matches_torch_and_differs_from_direct_by_rounding(hw, act, mon
 
 
 def test_calls_below_the_thresholds_stay_direct(monkeypatch):
-    """Keeping half of 64 channels makes 32 x 32 live pairs, under wino_pays' 64 x 64: those calls run
-    the direct kernels, so the engines agree bit for bit; so do planes of fewer than 32 tiles."""
+    """Keeping half of 64 channels makes 32 x 32 live pairs, under wino_pays' bound (64 x 64): those
+    calls run the direct kernels, so the engines agree bit for bit; so do planes of fewer than 32
+    tiles."""
     torch.manual_seed(0)
     model = randomize(dyninfer.decouple(WinoNet()), seed=5)
     for g in dyninfer.gates(model).values():

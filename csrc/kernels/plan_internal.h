@@ -20,20 +20,21 @@ namespace dyninfer {
 namespace plan_detail {
 
 constexpr int64_t kSlack = 128;  // floats after each slot: tail vectors may read a little past the last plane
-// Winograd F(2x2, 3x3) (conv.h) runs a conv call when it pays: its input transform costs per live
-// input, its output transform per computed output, and only its GEMMs (2.25x fewer multiplies than
-// direct convolution) per pair, so it needs many of both, and tiles for at least two vectors
-// (an 8x8 plane's 16 tiles make one-vector GEMM tiles that wait on their broadcasts). Measured on
-// AMD EPYC Zen 4, one thread, interleaved against the direct kernels: ResNet-18 at 224 64-512
-// channels on 56x56-14x14 planes 1.2-1.7x faster; ResNet-56's 32 channels on 16x16 0.85x, its 64
-// on 8x8 0.5x, and its gated 8x8 convs (64 live inputs, 20-32 kept outputs) slower still.
-constexpr int kWinoMinChannels = 32;        // live inputs and computed outputs, each
-constexpr int64_t kWinoMinPairs = 64 * 64;  // live inputs x computed outputs
-constexpr int64_t kWinoMinTiles = 32;       // 2x2 tiles of the output plane
+// Winograd F(2x2, 3x3) (conv.h) runs a conv call when it pays. Its input transform costs per live
+// input, its output transform per computed output, its GEMMs (2.25x fewer multiplies than direct
+// convolution) per pair: transforms against GEMM go as 1/n_in + 1/n_out, so the rule bounds
+// n_in·n_out / (n_in + n_out). Planes of fewer than two tile vectors (7x7, 8x8: 16 tiles) make GEMM
+// tiles of one vector, each weight broadcast feeding a single FMA, and do not pay at any width.
+// Measured on AMD EPYC Zen 4, one thread, against the direct kernels (DYNINFER_WINOGRAD=0, runs
+// alternated): ResNet-18 at 224 (64-256 channels on 56x56-14x14 planes) 1.2-1.6x per conv, 1.22x
+// the whole network; its 512 channels on 7x7 0.84-1.17x; ResNet-56's 32 channels on 16x16 0.85x,
+// its 64 on 8x8 0.5x.
+constexpr int kWinoMinHalfHarmonic = 32;  // n_in·n_out / (n_in + n_out): 64 x 64 live channels
+constexpr int64_t kWinoMinTiles = 32;     // 2x2 tiles of the output plane (two 16-lane vectors)
 inline bool wino_pays(int n_in, int n_out, int h, int w) {
   const int64_t tiles = static_cast<int64_t>((h + 1) / 2) * ((w + 1) / 2);
-  return n_in >= kWinoMinChannels && n_out >= kWinoMinChannels &&
-         static_cast<int64_t>(n_in) * n_out >= kWinoMinPairs && tiles >= kWinoMinTiles;
+  return tiles >= kWinoMinTiles && n_in > 0 && n_out > 0 &&
+         static_cast<int64_t>(n_in) * n_out >= kWinoMinHalfHarmonic * (static_cast<int64_t>(n_in) + n_out);
 }
 constexpr int64_t kParallelMinMacs = 1 << 20;  // ~10 µs of one core: below it a conv runs on one thread
 
