@@ -93,3 +93,26 @@ def test_winograd_with_learned_and_boosted_gates(monkeypatch):
         g.boost = True
     direct, wino = _engines(model, x, monkeypatch)
     assert 0 < ((direct(x) - wino(x)).abs().max() / direct(x).abs().max()).item() < 1e-5
+
+
+def test_a_single_sample_splits_the_phases_across_threads(monkeypatch):
+    """Batch 1 on two threads: each phase (input transform, GEMMs, output transform) is split across
+    them, one after the other; the result is the one-thread result bit for bit."""
+    torch.manual_seed(0)
+    model = randomize(dyninfer.decouple(WinoNet(width=128)), seed=7)
+    for g in dyninfer.gates(model).values():
+        g.force_keep = 1.0
+    x = torch.randn(1, 3, 24, 24)  # 128 x 128 channels on 24x24: over the bound and the parallel split's size
+    engine = assert_engine_matches(model, x, force_keep=1.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = engine(x)
+        torch.set_num_threads(2)
+        two = engine(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    monkeypatch.setenv("DYNINFER_WINOGRAD", "0")
+    direct = dyninfer.compile(model, example_input=x, force_keep=1.0)
+    assert 0 < ((direct(x) - one).abs().max() / one.abs().max()).item() < 1e-5
