@@ -23,18 +23,20 @@ constexpr int64_t kSlack = 128;  // floats after each slot: tail vectors may rea
 // Winograd F(2x2, 3x3) (conv.h) runs a conv call when it pays. Its input transform costs per live
 // input, its output transform per computed output, its GEMMs (2.25x fewer multiplies than direct
 // convolution) per pair: transforms against GEMM go as 1/n_in + 1/n_out, so the rule bounds
-// n_in·n_out / (n_in + n_out). Planes of fewer than two tile vectors (7x7, 8x8: 16 tiles) make GEMM
-// tiles of one vector, each weight broadcast feeding a single FMA, and do not pay at any width.
-// Measured on AMD EPYC Zen 4, one thread, against the direct kernels (DYNINFER_WINOGRAD=0, runs
-// alternated): ResNet-18 at 224 (64-256 channels on 56x56-14x14 planes) 1.2-1.6x per conv, 1.22x
-// the whole network; its 512 channels on 7x7 0.84-1.17x; ResNet-56's 32 channels on 16x16 0.85x,
-// its 64 on 8x8 0.5x.
-constexpr int kWinoMinHalfHarmonic = 32;  // n_in·n_out / (n_in + n_out): 64 x 64 live channels
-constexpr int64_t kWinoMinTiles = 32;     // 2x2 tiles of the output plane (two 16-lane vectors)
+// h = n_in·n_out / (n_in + n_out), by a bound that falls as the plane's 2x2 tiles grow (the GEMM's
+// vectors run over tiles: few tiles waste lanes in the last vector and make short GEMM tiles).
+// Planes of fewer than two tile vectors (7x7, 8x8: 16 tiles) never paid. Measured on AMD EPYC
+// Zen 4, one thread, against the direct kernels (DYNINFER_WINOGRAD=0, runs alternated, medians):
+// ResNet-18 at 224 dense, h = 32-128 on 56x56-14x14 planes (784-49 tiles), 1.2-1.6x per conv;
+// at half its channels, h = 16 on 56x56 1.0-1.3x, h = 32 on 28x28 1.3x, but h = 64 on 14x14 0.92x;
+// its 512 channels on 7x7 0.84-1.17x; ResNet-56's h = 16 on 16x16 (64 tiles) 0.85x, h = 32 on 8x8
+// 0.5x.
+constexpr int64_t kWinoMinTiles = 32;  // 2x2 tiles of the output plane (two 16-lane vectors)
+inline int64_t wino_min_half_harmonic(int64_t tiles) { return tiles >= 512 ? 16 : tiles >= 128 ? 32 : 96; }
 inline bool wino_pays(int n_in, int n_out, int h, int w) {
   const int64_t tiles = static_cast<int64_t>((h + 1) / 2) * ((w + 1) / 2);
   return tiles >= kWinoMinTiles && n_in > 0 && n_out > 0 &&
-         static_cast<int64_t>(n_in) * n_out >= kWinoMinHalfHarmonic * (static_cast<int64_t>(n_in) + n_out);
+         static_cast<int64_t>(n_in) * n_out >= wino_min_half_harmonic(tiles) * (static_cast<int64_t>(n_in) + n_out);
 }
 constexpr int64_t kParallelMinMacs = 1 << 20;  // ~10 µs of one core: below it a conv runs on one thread
 
