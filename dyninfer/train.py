@@ -706,8 +706,9 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
     if cfg.static_layers is not None:
         static_layers = static_layer_masks(model, train_ds, cfg.static_layer_prefixes(),
                                            cfg.loss_config().target_ratio)
+        own = gates(model)
         for k, keep in static_layers.items():
-            gates(model)[k].freeze_static(keep)  # also drops the core there
+            own[k].freeze_static(keep)  # also drops the core there
     core_gates = [g for g in gates(model).values() if g.core is not None]
     for g in gates(model).values():  # for the whole run; the returned model's gates are reset below
         g.detach_input = cfg.detach_gate_input

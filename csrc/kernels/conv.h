@@ -194,13 +194,16 @@ struct WinoCall {
   const float* scale = nullptr;
   bool scale_first = false;
   float* sums = nullptr;  // indexed by real output channel; nullptr: not needed
-  float* v = nullptr;     // scratch, 64-byte aligned: wino_scratch_floats(H, W, n_in, n_out, lanes) in all
-  float* m = nullptr;     // v + 16 * (n_in * NT + kWinoPad)
+  float* v = nullptr;     // scratch, 64-byte aligned: V, then M (wino_m); wino_scratch_floats(...) in all
 };
 // Tiles of an H x W output, rounded up to whole vectors of `lanes`.
 inline int64_t wino_tiles(int H, int W, int lanes) {
   const int64_t nt = static_cast<int64_t>((H + 1) / 2) * ((W + 1) / 2);
   return (nt + lanes - 1) / lanes * lanes;
+}
+// M's place in the scratch: right after V.
+inline float* wino_m(const WinoCall& c, int lanes) {
+  return c.v + 16 * (static_cast<int64_t>(c.n_in) * wino_tiles(c.H, c.W, lanes) + kWinoPad);
 }
 // Floats of V followed by M for n_in inputs and n_out outputs.
 inline int64_t wino_scratch_floats(int H, int W, int n_in, int n_out, int lanes) {

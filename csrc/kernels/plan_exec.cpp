@@ -387,9 +387,7 @@ struct Executor {
     w.scale = call.scale;
     w.scale_first = call.scale_first;
     w.sums = call.sums;
-    const int64_t nt = wino_tiles(bo.H, bo.W, conv_winograd_lanes(P.isa_));
     w.v = ws.col;
-    w.m = ws.col + 16 * (static_cast<int64_t>(w.n_in) * nt + kWinoPad);
     const int counts[3] = {w.n_in, 16, nk};
     for (int phase = 0; phase < 3; ++phase) {
       if (pfor && work >= kParallelMinMacs) {

@@ -108,7 +108,7 @@ static void wino_gemm(const WinoCall& c, int x0, int x1) {
   const int vbase = nvec / nchunk, vextra = nvec % nchunk;
   for (int xi = x0; xi < x1; ++xi) {
     const float* vx = c.v + xi * vxs;
-    float* mx = c.m + xi * mxs;
+    float* mx = wino_m(c, T::W) + xi * mxs;
     const float* ux = c.u + static_cast<int64_t>(xi) * c.u_o * c.u_i;
     for (int g = 0, k0 = 0; g < ng; ++g) {
       const int mm = gbase + (g < gextra ? 1 : 0);
@@ -147,7 +147,7 @@ static void wino_output(const WinoCall& c, int k0, int k1) {
     const bool scaled = c.scale != nullptr;
     const V sc = T::set1(scaled ? c.scale[o] : 1.f);
     V s = T::zero();
-    const float* mk = c.m + k * NT;
+    const float* mk = wino_m(c, L) + k * NT;
     for (int v = 0; v < nvec; ++v) {
       V m[16];
       for (int x = 0; x < 16; ++x) m[x] = T::load(mk + x * mxs + v * L);
