@@ -3,6 +3,7 @@
 #include <torch/script.h>
 
 #include "compiled_plan.h"
+#include "kernels/conv.h"
 #include "kernels/cpu_features.h"
 #include "kernels/digest.h"
 #include "kernels/plan_schema.h"
@@ -84,6 +85,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "dyninfer C++ runtime";
   m.def("isa", []() { return std::string(dyninfer::isa_name(dyninfer::detect_isa())); },
         "Instruction set the kernels dispatch to on this CPU");
+  m.def("bf16_supported", []() { return dyninfer::bf16_kernels_supported(); },
+        "Whether this CPU runs the bf16 conv kernels (AVX-512 with AVX512_BF16)");
   m.def("plan_schema", &plan_schema, "The plan's wire layout (csrc/kernels/plan_schema.h): field names per op");
   m.def("plan_digest", &plan_digest, py::arg("meta"), py::arg("ops"), py::arg("weights"), py::arg("conv_names"),
         py::arg("open_gates"), py::arg("input_shape"), py::arg("output_shape"), py::arg("gate_names"),

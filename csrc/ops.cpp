@@ -100,6 +100,18 @@ TORCH_LIBRARY(dyninfer, m) {
       .def("isa", [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self) {
         return std::string(dyninfer::isa_name(self->plan->isa()));
       })
+      .def("set_precision", [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self,
+                               const std::string& precision) {
+        try {
+          self->plan->set_precision(precision);
+        } catch (const dyninfer::PlanError& e) {
+          TORCH_CHECK_VALUE(false, "dyninfer: ", e.what());
+        }
+      })
+      .def("precision", [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self) { return self->plan->precision(); })
+      .def("bf16_convs", [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self) {
+        return static_cast<int64_t>(self->plan->bf16_convs());
+      })
       .def("path_len", [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self) { return self->plan->path_len(); })
       .def("conv_names", [](const c10::intrusive_ptr<dyninfer::CompiledPlan>& self) { return self->names; })
       .def("set_profiling",

@@ -174,8 +174,18 @@ def _write(path: Path, module: torch.jit.ScriptModule, meta: dict[str, Any]) -> 
     return path
 
 
+def _refuse_reduced_precision(engine, where: str) -> None:
+    # Artefacts hold the fp32 plan and weights; a bf16 engine saved as is would load back as fp32.
+    precision = getattr(engine, "precision", "fp32")
+    if precision != "fp32":
+        raise ValueError(f"dyninfer.deploy.{where}: the engine runs in {precision}, and artefacts record fp32 engines "
+                         f"only so far; save the fp32 engine (dyninfer.compile without precision) and call "
+                         f"set_precision({precision!r}) on the engine dyninfer.load returns")
+
+
 def save(engine, path: str | os.PathLike) -> Path:
     """Write ``engine`` (a dyninfer.CompiledModel) to ``path`` atomically; returns the path."""
+    _refuse_reduced_precision(engine, "save")
     module = script_engine(engine)
     return _write(Path(path), module, _metadata(engine, module))
 
@@ -184,6 +194,8 @@ def save_runtime(engine, path: str | os.PathLike) -> Path:
     """Write ``engine`` as the torch-free runtime artefact (dyninfer.runtime, format 2) atomically."""
     from . import __version__
     from .runtime import save_artefact
+
+    _refuse_reduced_precision(engine, "save_runtime")
 
     spec = engine.spec  # what the engine's plan was built from
     meta, ops, weights, names = spec.meta, spec.ops, spec.weights, spec.conv_names

@@ -6,6 +6,8 @@ only its kept output channels from the input channels the previous layer actuall
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Sequence
 
 import torch
@@ -67,6 +69,27 @@ class CompiledModel:
     def isa(self) -> str:
         return self.plan.isa()
 
+    @property
+    def precision(self) -> str:
+        """"fp32" or "bf16" (see dyninfer.compile)."""
+        return self.plan.precision()
+
+    def set_precision(self, precision: str, strict: bool = False) -> "CompiledModel":
+        """Switch the engine to "fp32" or "bf16" (see dyninfer.compile); returns self. Where the CPU
+        lacks AVX512_BF16, warns and stays fp32, or raises RuntimeError when strict."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"CompiledModel.set_precision: precision must be 'fp32' or 'bf16', got {precision!r}")
+        from ._C import bf16_supported
+        if precision == "bf16" and (self.isa != "avx512" or not bf16_supported()):
+            why = (f"bf16 needs AVX-512 with the AVX512_BF16 instructions (cpu flag avx512_bf16); this CPU runs the "
+                   f"{self.isa} kernels{'' if bf16_supported() else ' and has no avx512_bf16'}")
+            if strict:
+                raise RuntimeError(f"dyninfer: {why}")
+            warnings.warn(f"dyninfer: {why}; the engine runs fp32", RuntimeWarning, stacklevel=2)
+            precision = "fp32"
+        self.plan.set_precision(precision)
+        return self
+
     def __call__(self, x: torch.Tensor, return_path: bool = False):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"dyninfer engine: expected a torch.Tensor, got {type(x).__name__}")
@@ -124,11 +147,12 @@ class CompiledModel:
 
     def __repr__(self) -> str:
         return (f"CompiledModel(input={self.input_shape}, convs={len(self.conv_names)}, gates={len(self.gate_names)}, "
-                f"mode={self.gates_mode}, isa={self.isa})")
+                f"mode={self.gates_mode}, isa={self.isa}, precision={self.precision})")
 
 
 def compile(model: nn.Module, gates: str = "learned", input_shape: Sequence[int] | None = None,
-            force_keep: float | None = None, example_input: torch.Tensor | None = None) -> CompiledModel:
+            force_keep: float | None = None, example_input: torch.Tensor | None = None,
+            precision: str = "fp32", strict_precision: bool = False) -> CompiledModel:
     """Compile a (gated) model in eval mode into a CompiledModel.
 
     gates: "learned" evaluates every gate per sample; "open" keeps every channel (dense mode,
@@ -138,7 +162,13 @@ def compile(model: nn.Module, gates: str = "learned", input_shape: Sequence[int]
     input_shape: (C, H, W) instead of an example; defaults to the registered model's input size.
     force_keep: keep exactly round(force_keep·N) channels (highest gate logits) in every gated
     layer — density sweeps.
+    precision: "fp32" (default) or "bf16": the direct convs (3x3 and 1x1, stride 1 or 2, ungrouped)
+    round their inputs and weights to bf16 and accumulate in fp32 (AVX512_BF16 kernels); gates,
+    depthwise/grouped and strided im2col convs, pooling and linear layers stay fp32. On a CPU
+    without AVX512_BF16 the engine warns and runs fp32, or raises with strict_precision=True.
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"dyninfer.compile: precision must be 'fp32' or 'bf16', got {precision!r}")
     if gates not in ("learned", "open"):
         raise ValueError(f"dyninfer.compile: gates must be 'learned' or 'open', got {gates!r}")
     if model.training:
@@ -158,4 +188,7 @@ def compile(model: nn.Module, gates: str = "learned", input_shape: Sequence[int]
         raise ValueError("dyninfer.compile: pass example_input=x (a (B, C, H, W) tensor) or input_shape=(C, H, W) "
                          f"for models not created by dyninfer.models.create_model (got {input_shape})")
     spec = build_plan(model, shape, force_keep=force_keep)
-    return CompiledModel.from_plan(spec, gates)
+    engine = CompiledModel.from_plan(spec, gates)
+    if precision != "fp32":
+        engine.set_precision(precision, strict=strict_precision)
+    return engine

@@ -216,6 +216,21 @@ void wino_weights(const float* w, int O, int I, float* u);
 int conv_winograd_lanes(Isa isa);
 void conv_winograd(Isa isa, const WinoCall& c, int phase, int begin, int end);
 
+// bf16 direct convolution (conv_bf16.cpp; AVX512_BF16): the fp32 kernels' tiles and epilogue over
+// channel *pairs*. call.in holds pair planes (bf16_pack_pairs: 32-bit lane = bf16 of channel 2r in
+// the low half, 2r+1 in the high half; same geometry as the fp32 planes), call.in_real lists the
+// pairs r, call.w the packed weights (bf16_pack_weights, w_ostride in 32-bit units); products
+// accumulate in fp32. Only where bf16_kernels_supported().
+bool bf16_kernels_supported();
+void conv_run_bf16(const ConvCall& call);
+// out + j * out_stride, n lanes = (bf16(channel ca[j]), bf16(channel cb[j])) of the fp32 planes at
+// in + c * cstride; ca or cb < 0: that half 0. Rounded to nearest even.
+void bf16_pack_pairs(const float* in, int64_t cstride, const int32_t* ca, const int32_t* cb, int n_pairs, int64_t n,
+                     int64_t out_stride, float* out);
+// out[o][r][t] = bf16(w[o][2r][t]) | bf16(w[o][2r+1][t]) << 16, r < ceil(I / 2) (w: [O][I][kk]).
+void bf16_pack_weights(const float* w, int O, int I, int kk, uint32_t* out);
+uint16_t bf16_round(float f);
+
 // The entry points one ISA's translation unit provides (conv_<isa>.cpp, all from conv_impl.h).
 struct KernelTable {
   void (*conv)(const ConvCall&);

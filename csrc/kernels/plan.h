@@ -81,6 +81,9 @@ struct ConvOp {
   // stride 1, padding 1, ungrouped, an ISA with the kernels, wino_pays with every channel live);
   // empty otherwise. Each call takes it when wino_pays for its live inputs and kept outputs.
   std::vector<float> wino_u;
+  // bf16 precision (Plan::set_precision): weights packed in channel pairs (bf16_pack_weights),
+  // ceil(I / 2) pairs per output channel; empty where the conv runs in fp32.
+  std::vector<uint32_t> bf16_w;
   std::string name;
 };
 
@@ -164,6 +167,15 @@ class Plan {
   const Buffer& output_buffer() const { return buffers_[output_]; }
   Isa isa() const { return isa_; }
   int n_convs() const { return static_cast<int>(convs_.size()); }
+  // "fp32" or "bf16": with bf16, every direct ungrouped conv (stride 1 or 2) runs the bf16 kernels
+  // (conv.h: its input rounded to bf16 channel pairs, its weights packed once here, fp32 sums and
+  // epilogue) and Winograd is off for them; gates, strided im2col, grouped and depthwise convs,
+  // pooling and linear layers stay fp32. Throws PlanError on a CPU without AVX512_BF16 or an
+  // unknown name. Call before the first run.
+  void set_precision(const std::string& precision);
+  const std::string& precision() const { return precision_; }
+  // Convs that run in bf16 under the current precision.
+  int bf16_convs() const;
   int conv_vw(int i) const { return convs_[i].vw; }
   const std::string& conv_name(int i) const { return convs_[i].name; }
   // Wall time per op (nanoseconds, summed over calls) while profiling is on; op_names() labels
@@ -193,6 +205,8 @@ class Plan {
   std::vector<SeOp> ses_;
   std::vector<WeightRef> weights_;
   int64_t col_floats_ = 0;
+  int64_t bf16_floats_ = 0;  // pair planes of the widest bf16 conv input
+  std::string precision_ = "fp32";
   int max_channels_ = 0;
   int max_linear_in_ = 0, max_linear_out_ = 0;  // largest Linear (the workspace's feature vectors)
   int max_hidden_ = 0;  // largest gate hidden size (the workspace's hidden vector)

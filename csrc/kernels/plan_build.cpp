@@ -528,4 +528,29 @@ int64_t Plan::output_numel() const {
   return static_cast<int64_t>(b.C) * b.H * b.W;
 }
 
+void Plan::set_precision(const std::string& precision) {
+  if (precision != "fp32" && precision != "bf16")
+    throw PlanError("set_precision: precision must be 'fp32' or 'bf16', got '" + precision + "'");
+  if (precision == "bf16" && !(isa_ == Isa::kAvx512 && bf16_kernels_supported()))
+    throw PlanError(std::string("set_precision: bf16 needs the AVX512_BF16 instructions (cpu flag avx512_bf16) and "
+                                "the AVX-512 kernels; this plan runs ") + isa_name(isa_) +
+                    (bf16_kernels_supported() ? "" : " on a CPU without avx512_bf16"));
+  precision_ = precision;
+  bf16_floats_ = 0;
+  for (ConvOp& c : convs_) {
+    c.bf16_w.clear();
+    if (precision != "bf16" || !c.direct || c.groups != 1) continue;
+    const int kk = c.kh * c.kw;
+    c.bf16_w.resize(static_cast<size_t>(c.O) * ((c.I + 1) / 2) * kk);
+    bf16_pack_weights(c.w, c.O, c.I, kk, c.bf16_w.data());
+    bf16_floats_ = std::max(bf16_floats_, static_cast<int64_t>((c.I + 1) / 2) * buffers_[c.in].plane + 64);
+  }
+}
+
+int Plan::bf16_convs() const {
+  int n = 0;
+  for (const ConvOp& c : convs_) n += c.bf16_w.empty() ? 0 : 1;
+  return n;
+}
+
 }  // namespace dyninfer

@@ -322,6 +322,7 @@ struct Executor {
       call.kw = 1;
       call.rs = tap;
     }
+    if (!c.bf16_w.empty()) return conv_bf16(c, call, in_act, ng, work_macs(c, n_in, nk));
     if (!c.wino_u.empty() && wino_pays(n_in, nk, bo.H, bo.W)) return winograd(c, call, nk, work_macs(c, n_in, nk));
     if (c.groups > 1) return grouped(c, call, in_act, nk);
     if (!c.direct) {
@@ -343,6 +344,53 @@ struct Executor {
       call.g_begin = 0;
       call.g_end = ng;
       conv_run(P.isa_, call);
+    }
+  }
+
+  // bf16 (Plan::set_precision): the live inputs rounded into pair planes (channels 2r and 2r+1 of
+  // the real numbering in one 32-bit lane; a pair with one live channel gets 0 in the other half),
+  // then the direct kernels over the live pairs with the packed weights.
+  void conv_bf16(const ConvOp& c, ConvCall call, const std::vector<int32_t>& in_act, int ng, int64_t work) {
+    const Buffer& bi = P.buffers_[c.in];
+    const int n_in = static_cast<int>(in_act.size());
+    auto &pa = ws.pair_a, &pb = ws.pair_b, &pr = ws.pair_r;
+    pa.clear();
+    pb.clear();
+    pr.clear();
+    for (int j = 0; j < n_in; ++j) {
+      const int32_t ch = in_act[j];
+      const bool both = (ch % 2 == 0) && j + 1 < n_in && in_act[j + 1] == ch + 1;
+      pr.push_back(ch / 2);
+      pa.push_back(ch % 2 == 0 ? j : -1);
+      pb.push_back(both ? j + 1 : (ch % 2 == 1 ? j : -1));
+      if (both) ++j;
+    }
+    const int np = static_cast<int>(pr.size());
+    const int64_t need = static_cast<int64_t>(np) * bi.plane + 64;
+    if (ws.bf16_floats < need) {
+      const int64_t n = std::max(need, P.bf16_floats_);
+      ws.bf16_raw = plan_detail::alloc_zeroed(n);
+      ws.bf16_floats = n;
+    }
+    float* pairs = ws.bf16_raw.get();
+    bf16_pack_pairs(ws.buf_data[c.in], bi.plane, pa.data(), pb.data(), np, bi.plane, bi.plane, pairs);
+    call.in = pairs;
+    call.n_in = np;
+    call.in_real = pr.data();
+    call.w = reinterpret_cast<const float*>(c.bf16_w.data());
+    call.w_ostride = static_cast<int64_t>((c.I + 1) / 2) * c.kh * c.kw;
+    call.use_asm = false;
+    if (pfor && ng > 1 && work >= kParallelMinMacs) {
+      (*pfor)(0, ng, 1, [&](int64_t g0, int64_t g1) {
+        ConvCall part = call;
+        part.g_begin = static_cast<int>(g0);
+        part.g_end = static_cast<int>(g1);
+        conv_run_bf16(part);
+      });
+    } else {
+      call.g_begin = 0;
+      call.g_end = ng;
+      conv_run_bf16(call);
     }
   }
 

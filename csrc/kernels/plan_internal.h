@@ -82,6 +82,9 @@ struct Workspace {
   std::vector<std::vector<float>> scale;  // per boosted gate: 2 sigmoid(logit) of its kept channels
   plan_detail::FloatArray col_raw;
   plan_detail::FloatArray vsums_raw;
+  plan_detail::FloatArray bf16_raw;  // pair planes of a bf16 conv's input (Plan::set_precision)
+  int64_t bf16_floats = 0;
+  std::vector<int32_t> pair_a, pair_b, pair_r;
   float* vsums = nullptr;
   float* col = nullptr;
   std::vector<int32_t> out_real, group_start, group_size, tmp, tmp2, in_local;
