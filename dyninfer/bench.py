@@ -13,6 +13,10 @@ For every (threads, batch) setting: torch.set_num_threads(t), then one runner pe
                     compiled per thread count and batch (the first call of each setting, untimed)
     dyninfer-dense  dyninfer.compile(gated, gates="open"): the engine's kernels, every channel
     dyninfer-gated  dyninfer.compile(gated): per-sample gate decisions (force_keep if given)
+  reduced precision (beside the FP32 rows; speedups are also given against openvino-default):
+    openvino-default     OpenVINO at its own default precision (bf16 on CPUs with AMX or AVX512_BF16)
+    dyninfer-bf16-dense  dyninfer dense mode with precision="bf16" (strict: unavailable without AVX512_BF16)
+    dyninfer-bf16        dyninfer gated with precision="bf16" (its MACs: the FP32 gated paths' count)
 
 A peer that is not installed or fails to build or to run gets a row with status
 "unavailable: <reason>"; the run goes on. Runners take turns in blocks (one untimed call, then
@@ -48,8 +52,11 @@ from torch import nn
 __all__ = ["run_bench", "bench_inputs", "PEERS", "DENSE_PEERS", "ROW_FIELDS", "SWEEP_FIELDS", "DEFAULT_SWEEP",
            "format_table"]
 
-PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino", "torch-compile", "dyninfer-dense", "dyninfer-gated")
+REDUCED_PEERS = ("openvino-default", "dyninfer-bf16-dense", "dyninfer-bf16")
+PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino", "torch-compile", "dyninfer-dense",
+         "dyninfer-gated") + REDUCED_PEERS
 DENSE_PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino", "torch-compile")  # baselines for the speedups
+GATED_PEERS = ("dyninfer-gated", "dyninfer-bf16")  # rows counted at the gated paths' effective MACs
 # Every row carries every field; numbers are None in an unavailable row.
 ROW_FIELDS = ("threads", "batch", "peer", "status", "version", "median_ms", "p90_ms", "throughput_per_s",
               "macs_per_sample", "macs_kind", "gflops", "fraction_of_peak", "fraction_of_peak_per_core",
@@ -239,6 +246,8 @@ def _build(peer: str, dense: nn.Module, gated: nn.Module | None, x: torch.Tensor
         return onnxruntime_runner(dense, x, threads, cache)
     if peer == "openvino":
         return openvino_runner(dense, x, threads)
+    if peer == "openvino-default":
+        return openvino_runner(dense, x, threads, precision="default")
     if peer == "torch-compile":
         return torch_compile_runner(dense, x, threads, cache)
     if peer == "dyninfer-dense":
@@ -252,6 +261,18 @@ def _build(peer: str, dense: nn.Module, gated: nn.Module | None, x: torch.Tensor
             cache[peer] = engine_compile(gated, force_keep=force_keep)
         keep = f", force_keep {force_keep}" if force_keep is not None else ""
         return cache[peer], f"dyninfer (learned gates{keep})"
+    if peer == "dyninfer-bf16-dense":
+        if peer not in cache:
+            cache[peer] = engine_compile(gated if gated is not None else dense, gates="open", precision="bf16",
+                                         strict_precision=True)
+        return cache[peer], "dyninfer (gates open: dense mode, bf16)"
+    if peer == "dyninfer-bf16":
+        if gated is None:
+            raise ValueError("the model has no gates (a dense checkpoint)")
+        if peer not in cache:
+            cache[peer] = engine_compile(gated, force_keep=force_keep, precision="bf16", strict_precision=True)
+        keep = f", force_keep {force_keep}" if force_keep is not None else ""
+        return cache[peer], f"dyninfer (learned gates{keep}, bf16)"
     raise ValueError(f"run_bench: unknown peer {peer!r}; known peers: {', '.join(PEERS)}")
 
 
@@ -370,7 +391,7 @@ def run_bench(model: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8), thr
                     for peer in peers:
                         try:
                             fn, version[peer] = _build(peer, dense, gated, xs[0], t, force_keep, cache)
-                            diff[peer] = _rel_diff(fn(xs[0]), ref_gated if peer == "dyninfer-gated" else ref_dense)
+                            diff[peer] = _rel_diff(fn(xs[0]), ref_gated if peer in GATED_PEERS else ref_dense)
                         except Exception as exc:  # not installed, cannot export/convert, fails to run
                             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                             status[peer], version[peer], diff[peer] = f"unavailable: {reason}", None, None
@@ -451,14 +472,14 @@ def _rows(t: int, b: int, peers: Sequence[str], status: dict, version: dict, dif
                    max_rel_diff=diff[peer], speedup_vs={}, speedup_over_mac_reduction={})
         if peer in timing:
             med, p90 = timing[peer]
-            gated_row = peer == "dyninfer-gated"
+            gated_row = peer in GATED_PEERS
             macs = macs_gated if gated_row else macs_dense
             gflops = 2 * macs * b / med / 1e9
             row.update(median_ms=med * 1e3, p90_ms=p90 * 1e3, throughput_per_s=b / med, macs_per_sample=macs,
                        macs_kind="effective (mean over the timed inputs)" if gated_row else "dense",
                        gflops=gflops, fraction_of_peak=gflops / peak, fraction_of_peak_per_core=gflops / (t * peak),
                        mac_reduction=macs_dense / macs)
-            for base in DENSE_PEERS:
+            for base in DENSE_PEERS + ("openvino-default",):
                 if base in timing:
                     s = timing[base][0] / med
                     row["speedup_vs"][base] = s

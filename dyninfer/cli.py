@@ -333,7 +333,8 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: 1 and all cores)")
     p.add_argument("--runs", type=int, default=200, help="timed calls per runner and setting (>= 200 at batch 1)")
     p.add_argument("--peers", nargs="+", default=None, help="subset of pytorch torchscript onnxruntime openvino "
-                   "dyninfer-dense dyninfer-gated (default: all)")
+                   "torch-compile dyninfer-dense dyninfer-gated openvino-default dyninfer-bf16-dense dyninfer-bf16 "
+                   "(default: all)")
     p.add_argument("--out", default=None, help="JSON file (default: runs/bench/<model>.json)")
     p.add_argument("--force-keep", type=float, default=None, help="every gated layer keeps this fraction of "
                    "its channels (highest gate logits)")
