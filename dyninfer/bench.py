@@ -49,7 +49,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["run_bench", "bench_inputs", "PEERS", "DENSE_PEERS", "ROW_FIELDS", "SWEEP_FIELDS", "DEFAULT_SWEEP",
+__all__ = ["run_bench", "bench_inputs", "PEERS", "DENSE_PEERS", "REDUCED_PEERS", "SPEEDUP_BASES", "ROW_FIELDS", "SWEEP_FIELDS", "DEFAULT_SWEEP",
            "format_table"]
 
 REDUCED_PEERS = ("openvino-default", "dyninfer-bf16-dense", "dyninfer-bf16")
@@ -57,6 +57,7 @@ PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino", "torch-compile", "
          "dyninfer-gated") + REDUCED_PEERS
 DENSE_PEERS = ("pytorch", "torchscript", "onnxruntime", "openvino", "torch-compile")  # baselines for the speedups
 GATED_PEERS = ("dyninfer-gated", "dyninfer-bf16")  # rows counted at the gated paths' effective MACs
+SPEEDUP_BASES = DENSE_PEERS + ("openvino-default",)  # rows' speedup_vs keys (where the peer ran)
 # Every row carries every field; numbers are None in an unavailable row.
 ROW_FIELDS = ("threads", "batch", "peer", "status", "version", "median_ms", "p90_ms", "throughput_per_s",
               "macs_per_sample", "macs_kind", "gflops", "fraction_of_peak", "fraction_of_peak_per_core",
@@ -479,7 +480,7 @@ def _rows(t: int, b: int, peers: Sequence[str], status: dict, version: dict, dif
                        macs_kind="effective (mean over the timed inputs)" if gated_row else "dense",
                        gflops=gflops, fraction_of_peak=gflops / peak, fraction_of_peak_per_core=gflops / (t * peak),
                        mac_reduction=macs_dense / macs)
-            for base in DENSE_PEERS + ("openvino-default",):
+            for base in SPEEDUP_BASES:
                 if base in timing:
                     s = timing[base][0] / med
                     row["speedup_vs"][base] = s

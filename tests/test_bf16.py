@@ -73,7 +73,7 @@ def test_bf16_convs_match_a_bf16_rounded_reference(hw, seed):
     rel32 = ((fp32 - ref).norm() / ref.norm()).item()
     # fp32 accumulation order only (a bf16 input rounding may flip on a few values); the fp32 result
     # itself is much further away, so the check could tell the two apart
-    assert rel < 1e-5, (widths, rel, rel32)
+    assert rel < 2e-4, (widths, rel, rel32)
     assert rel32 > 5 * rel, (widths, rel, rel32)
 
 
