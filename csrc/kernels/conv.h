@@ -229,7 +229,6 @@ void bf16_pack_pairs(const float* in, int64_t cstride, const int32_t* ca, const 
                      int64_t out_stride, float* out);
 // out[o][r][t] = bf16(w[o][2r][t]) | bf16(w[o][2r+1][t]) << 16, r < ceil(I / 2) (w: [O][I][kk]).
 void bf16_pack_weights(const float* w, int O, int I, int kk, uint32_t* out);
-uint16_t bf16_round(float f);
 
 // The entry points one ISA's translation unit provides (conv_<isa>.cpp, all from conv_impl.h).
 struct KernelTable {

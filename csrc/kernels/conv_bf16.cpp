@@ -21,16 +21,22 @@ namespace avx512bf16 {
 
 #include "avx512_traits.h"
 
-// acc + a.lo * b.lo + a.hi * b.hi per 32-bit lane (bf16 halves), the weight pair broadcast in b.
-struct B16 : T16 {
-  static V fma(V b, V a, V c) { return _mm512_dpbf16_ps(c, (__m512bh)_mm512_castps_si512(a), (__m512bh)_mm512_castps_si512(b)); }
+// acc + a.lo * b.lo + a.hi * b.hi per 32-bit lane (bf16 halves), the weight pair broadcast in b:
+// the fp32 traits with their multiply-add replaced.
+inline __m512 dpbf16(__m512 c, __m512 a, __m512 b) {
+  return _mm512_dpbf16_ps(c, (__m512bh)_mm512_castps_si512(a), (__m512bh)_mm512_castps_si512(b));
+}
+inline __m256 dpbf16(__m256 c, __m256 a, __m256 b) {
+  return _mm256_dpbf16_ps(c, (__m256bh)_mm256_castps_si256(a), (__m256bh)_mm256_castps_si256(b));
+}
+template <class Fp32>
+struct Bf16 : Fp32 {
+  using V = typename Fp32::V;
+  static V fma(V b, V a, V c) { return dpbf16(c, a, b); }
 };
-struct B16P : T16P {
-  static V fma(V b, V a, V c) { return _mm512_dpbf16_ps(c, (__m512bh)_mm512_castps_si512(a), (__m512bh)_mm512_castps_si512(b)); }
-};
-struct B8 : T8 {
-  static V fma(V b, V a, V c) { return _mm256_dpbf16_ps(c, (__m256bh)_mm256_castps_si256(a), (__m256bh)_mm256_castps_si256(b)); }
-};
+using B16 = Bf16<T16>;
+using B16P = Bf16<T16P>;
+using B8 = Bf16<T8>;
 
 }  // namespace avx512bf16
 
@@ -45,19 +51,7 @@ void conv_run_bf16(const ConvCall& call) {
   if (call.pairs) avx512bf16::run<avx512bf16::B16P>(call);
   else if (call.vw == 16) avx512bf16::run<avx512bf16::B16>(call);
   else avx512bf16::run<avx512bf16::B8>(call);
-  // leave the upper register state clean for the SSE glue code (see conv_avx512.cpp)
-  asm volatile(
-      "vpxord %%zmm16, %%zmm16, %%zmm16\n\tvpxord %%zmm17, %%zmm17, %%zmm17\n\t"
-      "vpxord %%zmm18, %%zmm18, %%zmm18\n\tvpxord %%zmm19, %%zmm19, %%zmm19\n\t"
-      "vpxord %%zmm20, %%zmm20, %%zmm20\n\tvpxord %%zmm21, %%zmm21, %%zmm21\n\t"
-      "vpxord %%zmm22, %%zmm22, %%zmm22\n\tvpxord %%zmm23, %%zmm23, %%zmm23\n\t"
-      "vpxord %%zmm24, %%zmm24, %%zmm24\n\tvpxord %%zmm25, %%zmm25, %%zmm25\n\t"
-      "vpxord %%zmm26, %%zmm26, %%zmm26\n\tvpxord %%zmm27, %%zmm27, %%zmm27\n\t"
-      "vpxord %%zmm28, %%zmm28, %%zmm28\n\tvpxord %%zmm29, %%zmm29, %%zmm29\n\t"
-      "vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31\n\t"
-      "vzeroupper" ::
-          : "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26",
-            "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "memory");
+  avx512bf16::clean_upper_state();  // for the SSE glue code around it (avx512_traits.h)
 }
 
 void bf16_pack_pairs(const float* in, int64_t cstride, const int32_t* ca, const int32_t* cb, int n_pairs,
@@ -78,7 +72,7 @@ void bf16_pack_pairs(const float* in, int64_t cstride, const int32_t* ca, const 
       _mm512_mask_storeu_ps(d + p, m, _mm512_castsi512_ps(_mm512_permutexvar_epi16(idx, w)));
     }
   }
-  asm volatile("vzeroupper" ::: "memory");
+  avx512bf16::clean_upper_state();
 }
 
 }  // namespace dyninfer
@@ -92,7 +86,7 @@ void bf16_pack_pairs(const float*, int64_t, const int32_t*, const int32_t*, int,
 
 namespace dyninfer {
 
-uint16_t bf16_round(float f) {
+static uint16_t bf16_round(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
