@@ -162,9 +162,9 @@ def compile(model: nn.Module, gates: str = "learned", input_shape: Sequence[int]
     input_shape: (C, H, W) instead of an example; defaults to the registered model's input size.
     force_keep: keep exactly round(force_keep·N) channels (highest gate logits) in every gated
     layer — density sweeps.
-    precision: "fp32" (default) or "bf16": the direct convs (3x3 and 1x1, stride 1 or 2, ungrouped)
-    round their inputs and weights to bf16 and accumulate in fp32 (AVX512_BF16 kernels); gates,
-    depthwise/grouped and strided im2col convs, pooling and linear layers stay fp32. On a CPU
+    precision: "fp32" (default) or "bf16": the ungrouped convs round their inputs (or column
+    buffers) and weights to bf16 and accumulate in fp32 (AVX512_BF16 kernels); gates,
+    depthwise/grouped convs, pooling and linear layers stay fp32. On a CPU
     without AVX512_BF16 the engine warns and runs fp32, or raises with strict_precision=True.
     """
     if precision not in ("fp32", "bf16"):

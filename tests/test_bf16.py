@@ -58,10 +58,14 @@ class PlainNet(nn.Module):
 @needs_bf16
 @pytest.mark.parametrize("hw", [7, 8, 13, 16, 20])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_bf16_convs_match_a_bf16_rounded_reference(hw, seed):
+@pytest.mark.parametrize("layout", ["direct", "columns"])
+def test_bf16_convs_match_a_bf16_rounded_reference(hw, seed, layout):
     g = torch.Generator().manual_seed(seed)
     widths = [int(torch.randint(5, 40, (1,), generator=g)) for _ in range(4)]  # odd counts: a half-empty pair
-    net = PlainNet(widths + [6], [3, 1, 3, 3, 1], [1, 1, 2 if hw >= 13 else 1, 1, 1]).eval()
+    if layout == "direct":  # padded planes read in place (3x3 stride 1 and 2, 1x1)
+        net = PlainNet(widths + [6], [3, 1, 3, 3, 1], [1, 1, 2 if hw >= 13 else 1, 1, 1]).eval()
+    else:  # through the column buffer: a 7x7 stride-2 stem, 1x1 and 5x5 stride 2
+        net = PlainNet(widths + [6], [7, 1, 1, 5, 3], [2, 1, 2, 1 if hw < 13 else 2, 1]).eval()
     x = torch.randn(3, 3, hw, hw, generator=g)
     e = dyninfer.compile(net, gates="open", example_input=x, precision="bf16", strict_precision=True)
     assert e.precision == "bf16" and e.plan.bf16_convs() == len(net.convs)

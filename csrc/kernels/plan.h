@@ -167,9 +167,9 @@ class Plan {
   const Buffer& output_buffer() const { return buffers_[output_]; }
   Isa isa() const { return isa_; }
   int n_convs() const { return static_cast<int>(convs_.size()); }
-  // "fp32" or "bf16": with bf16, every direct ungrouped conv (stride 1 or 2) runs the bf16 kernels
-  // (conv.h: its input rounded to bf16 channel pairs, its weights packed once here, fp32 sums and
-  // epilogue) and Winograd is off for them; gates, strided im2col, grouped and depthwise convs,
+  // "fp32" or "bf16": with bf16, every ungrouped conv runs the bf16 kernels (conv.h: its input, or
+  // for strided convs its column buffer, rounded to bf16 channel pairs, its weights packed once
+  // here, fp32 sums and epilogue) and Winograd is off for them; gates, grouped and depthwise convs,
   // pooling and linear layers stay fp32. Throws PlanError on a CPU without AVX512_BF16 or an
   // unknown name. Call before the first run.
   void set_precision(const std::string& precision);

@@ -539,11 +539,14 @@ void Plan::set_precision(const std::string& precision) {
   bf16_floats_ = 0;
   for (ConvOp& c : convs_) {
     c.bf16_w.clear();
-    if (precision != "bf16" || !c.direct || c.groups != 1) continue;
+    if (precision != "bf16" || c.groups != 1) continue;
     const int kk = c.kh * c.kw;
     c.bf16_w.resize(static_cast<size_t>(c.O) * ((c.I + 1) / 2) * kk);
     bf16_pack_weights(c.w, c.O, c.I, kk, c.bf16_w.data());
-    bf16_floats_ = std::max(bf16_floats_, static_cast<int64_t>((c.I + 1) / 2) * buffers_[c.in].plane + 64);
+    // per input channel: its padded plane, or (column buffer) its kh*kw tap planes of the output
+    const int64_t per_channel =
+        c.direct ? buffers_[c.in].plane : static_cast<int64_t>(kk) * buffers_[c.out].H * c.col_rows;
+    bf16_floats_ = std::max(bf16_floats_, static_cast<int64_t>((c.I + 1) / 2) * per_channel + 64);
   }
 }
 

@@ -347,9 +347,10 @@ struct Executor {
     }
   }
 
-  // bf16 (Plan::set_precision): the live inputs rounded into pair planes (channels 2r and 2r+1 of
-  // the real numbering in one 32-bit lane; a pair with one live channel gets 0 in the other half),
-  // then the direct kernels over the live pairs with the packed weights.
+  // bf16 (Plan::set_precision): the live inputs (or, for a column-buffer conv, their columns)
+  // rounded into pair planes (channels 2r and 2r+1 of the real numbering in one 32-bit lane; a pair
+  // with one live channel gets 0 in the other half), then the kernels over the live pairs with the
+  // packed weights.
   void conv_bf16(const ConvOp& c, ConvCall call, const std::vector<int32_t>& in_act, int ng, int64_t work) {
     const Buffer& bi = P.buffers_[c.in];
     const int n_in = static_cast<int>(in_act.size());
@@ -366,14 +367,21 @@ struct Executor {
       if (both) ++j;
     }
     const int np = static_cast<int>(pr.size());
-    const int64_t need = static_cast<int64_t>(np) * bi.plane + 64;
+    const float* src = ws.buf_data[c.in];
+    int64_t plane = bi.plane;
+    if (!c.direct) {  // column buffer: call.cstride floats per input channel (its taps' planes)
+      im2col(c, n_in, 0);
+      src = ws.col;
+      plane = call.cstride;
+    }
+    const int64_t need = static_cast<int64_t>(np) * plane + 64;
     if (ws.bf16_floats < need) {
       const int64_t n = std::max(need, P.bf16_floats_);
       ws.bf16_raw = plan_detail::alloc_zeroed(n);
       ws.bf16_floats = n;
     }
     float* pairs = ws.bf16_raw.get();
-    bf16_pack_pairs(ws.buf_data[c.in], bi.plane, pa.data(), pb.data(), np, bi.plane, bi.plane, pairs);
+    bf16_pack_pairs(src, plane, pa.data(), pb.data(), np, plane, plane, pairs);
     call.in = pairs;
     call.n_in = np;
     call.in_real = pr.data();
