@@ -3,7 +3,7 @@ gate evaluated and keeping that share of its channels), batch 1, one thread, unt
 (seed 0), CompiledModel.profile_ops over a few calls, convs grouped by kernel/stride or groups,
 with their achieved GFLOP/s (2 x MACs, fvcore conventions; dense MACs, so only at F = 1 or dense).
 
-    python benchmarks/profile_layer_kinds.py resnext50_32x4d [--runs 5] [--force-keep 1.0]
+    python benchmarks/profile_layer_kinds.py resnext50_32x4d [--runs 5] [--force-keep 1.0] [--precision bf16]
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--force-keep", type=float, default=None, help="run the gates, each keeping this share of "
                     "its channels (1.0: every channel, so the gates' own cost shows); default: dense mode")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="engine precision (bf16: strict, an error on CPUs without AVX512_BF16)")
     args = ap.parse_args()
     if args.force_keep is not None and not 0.0 <= args.force_keep <= 1.0:
         ap.error(f"--force-keep must lie in [0, 1], got {args.force_keep}")
@@ -32,9 +34,11 @@ def main() -> int:
     model = dyninfer.create_model(args.model).eval()
     x = torch.randn(1, *dyninfer.models.model_info(args.model).input_size)
     if args.force_keep is None:
-        engine = dyninfer.compile(model, gates="open", example_input=x)
+        engine = dyninfer.compile(model, gates="open", example_input=x, precision=args.precision,
+                                  strict_precision=True)
     else:
-        engine = dyninfer.compile(model, force_keep=args.force_keep, example_input=x)
+        engine = dyninfer.compile(model, force_keep=args.force_keep, example_input=x, precision=args.precision,
+                                  strict_precision=True)
     engine(x)
     ops = engine.profile_ops(x, args.runs)
     macs = {layer.name: layer.dense for layer in count_macs(model, x).layers if layer.op == "conv"}
@@ -50,7 +54,7 @@ def main() -> int:
             kinds[key.split("#")[0].split(":")[0]][0] += t
     total = sum(ops.values())
     mode = "dense mode" if args.force_keep is None else f"gates keeping {args.force_keep:g} of their channels"
-    print(f"{args.model}, engine {mode}, batch 1, 1 thread, {cpu_model()}: {total * 1e3:.2f} ms per call")
+    print(f"{args.model}, engine {mode}, {args.precision}, batch 1, 1 thread, {cpu_model()}: {total * 1e3:.2f} ms per call")
     for kind, (t, m) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
         rate = f"{2 * m / t / 1e9:6.1f} GFLOP/s" if m else ""
         print(f"  {kind:12s} {t * 1e3:8.2f} ms {100 * t / total:5.1f}%  {rate}")
