@@ -7,8 +7,9 @@ Stages, each a `dyninfer.train` run in its own folder under --out-dir, each resu
   dense/          the dense model (the init of everything below)
   gated_r<R>/     the dynamic recipe (dyninfer.losses.LossConfig defaults) with target ratio R
   static_r<R>/    the static baseline of that model: every gate frozen to ONE mask, the filters that
-                  fire most often for gated_r<R> on the training split at its per-layer densities
-                  (TrainConfig.static_from), weights from the same dense model, the same epochs,
+                  fire most often for gated_r<R> on the training split at its per-layer densities,
+                  scaled until the mask costs gated_r<R>'s mean MACs (TrainConfig.static_from,
+                  static_match_macs), weights from the same dense model, the same epochs,
                   learning rate and schedule (the same budget), cross-entropy only.
 With --resume a stopped run continues where it stopped (finished stages are skipped); without it
 every stage starts afresh. summary.json and acc_vs_macs.png (accuracy against effective MACs,

@@ -61,6 +61,7 @@ _TRAIN_HELP = {
     "gate_init": "input (W1 Kaiming: input-dependent from the start) or open (W1 = 0: the paper's VGG init)",
     "freeze_gates": "do not train the gate parameters",
     "static_from": "static-mask baseline: freeze every gate to the most frequent filters of this gated checkpoint",
+    "static_match_macs": "with --static-from: scale the mask's per-layer densities until it costs the gated checkpoint's mean MACs",
     "bs_decay": "batch-shaping weight decays linearly to 0 over this fraction of the epochs",
     "rt_decay": "response-target weight decays linearly to 0 over this fraction of the epochs",
     "teacher_checkpoint": "dense checkpoint of the same model to distil from (with --distill)",

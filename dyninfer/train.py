@@ -34,6 +34,7 @@ a single-process run resumed this way ends with the weights of an uninterrupted 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -91,8 +92,10 @@ class TrainConfig:
     gate_init: str = "input"  # gates of a dense-initialised gated model (dyninfer.nn.GATE_INITS)
     freeze_gates: bool = False  # gate parameters are not trained
     # static-mask baseline: every gate frozen to ONE mask, the filters that fire most often for this
-    # gated checkpoint on the training split, at its per-layer densities (see static_masks_from)
+    # gated checkpoint on the training split, at its per-layer densities scaled until the mask costs
+    # the checkpoint's mean MACs (see static_masks_from; static_match_macs=False: densities unscaled)
     static_from: str | None = None
+    static_match_macs: bool = True
     # batch-shaping weight decays linearly from lambda_bs to 0 over this fraction of the epochs
     # (Bejnordi et al. anneal it likewise); None: constant
     bs_decay: float | None = 0.75
@@ -490,33 +493,85 @@ def _augmentation_off(train_ds: Dataset):
 
 
 def static_masks_from(path: str | os.PathLike, train_ds: Dataset, model: nn.Module,
-                      batch_size: int = 256) -> dict[str, Any]:
+                      batch_size: int = 256, match_macs: bool = True, macs_samples: int = 512) -> dict[str, Any]:
     """The static path of a gated checkpoint: its firing rates over ``train_ds`` (augmentation off),
     then in each layer the round(density_l · N_l) most frequent filters, density_l being that layer's
-    mean density (dyninfer.analysis.conditionality.static_path_masks). Returns {"masks", "layer_density",
-    "density"}. The training split, not the test split, chooses the mask."""
+    mean density (dyninfer.analysis.conditionality.static_path_masks).
+
+    Equal per-layer density is not equal MACs: a conv's cost is kept-in × kept-out, and the per-input
+    paths keep correlated channels in consecutive layers, so E[in · out] > E[in] · E[out] and the
+    static mask costs a few % fewer MACs than the paths it comes from. With ``match_macs`` every
+    layer's density is scaled by the smallest s ≥ 1 (bisection) at which the static path costs at
+    least the gated model's mean effective MACs over the first ``macs_samples`` images of
+    ``train_ds``; the static baseline then never runs on fewer MACs than the dynamic model.
+
+    Returns {"masks", "layer_density", "density", "macs_static", "macs_dynamic", "density_scale"}
+    (MACs per image, dyninfer.flops.count_macs; the last three None without ``match_macs``). The
+    training split, not the test split, chooses the mask."""
     from .analysis.conditionality import path_conditionality, static_path_masks
     from .analysis.paths import PathSet
-    from .nn import calculation_path
+    from .flops import count_macs
+    from .nn import calculation_path, freeze_static
 
     source = ckpt.load_model(path)
     src_gates, own = gates(source), gates(model)
     if [(k, g.out_channels) for k, g in src_gates.items()] != [(k, g.out_channels) for k, g in own.items()]:
         raise ValueError(f"TrainConfig.static_from: {path} has gates {[(k, g.out_channels) for k, g in src_gates.items()][:3]}…, "
                          f"the model being trained {[(k, g.out_channels) for k, g in own.items()][:3]}…")
-    paths = []
+    paths, macs_x = [], []
+    n_macs = 0
+    source.eval()
     with _augmentation_off(train_ds), torch.no_grad():
         for x, _ in DataLoader(train_ds, batch_size=batch_size, shuffle=False):
             source(x)
             paths.append(calculation_path(source).to(torch.uint8))
+            if n_macs < macs_samples:
+                macs_x.append(x[: macs_samples - n_macs])
+                n_macs += macs_x[-1].shape[0]
     bits = torch.cat(paths)
     n = bits.shape[0]
     ps = PathSet(bits, torch.full((n,), -1), torch.full((n,), -1), list(src_gates),
                  [g.out_channels for g in src_gates.values()])
     cond = path_conditionality(ps)
-    masks = static_path_masks(cond.firing_rate, cond.gate_names, cond.gate_sizes)
+    base = dict(zip(cond.gate_names, (float(r.mean()) for r in torch.split(
+        torch.as_tensor(cond.firing_rate, dtype=torch.float64).reshape(-1), list(cond.gate_sizes)))))
+
+    def masks_at(scale: float) -> dict[str, Tensor]:
+        return static_path_masks(cond.firing_rate, cond.gate_names, cond.gate_sizes,
+                                 {k: min(1.0, d * scale) for k, d in base.items()})
+
+    masks = masks_at(1.0)
+    macs_static = macs_dynamic = scale = None
+    if match_macs:
+        with torch.no_grad():
+            macs_dynamic = float(torch.as_tensor(count_macs(source, torch.cat(macs_x)).effective,
+                                                 dtype=torch.float64).mean())
+            frozen = copy.deepcopy(source).eval()
+            one = macs_x[0][:1]
+
+            def static_cost(m: dict[str, Tensor]) -> float:
+                freeze_static(gates(frozen), m)
+                return float(torch.as_tensor(count_macs(frozen, one).effective, dtype=torch.float64).mean())
+
+            lo, hi = 1.0, 1.0 / max(min(base.values()), 1e-6)
+            macs_static = static_cost(masks)
+            if macs_static < macs_dynamic:
+                for _ in range(24):  # keep counts are integers: stop once the bracket holds one step
+                    mid = 0.5 * (lo + hi)
+                    if static_cost(masks_at(mid)) >= macs_dynamic:
+                        hi = mid
+                    else:
+                        lo = mid
+                    if hi - lo < 1e-4:
+                        break
+                masks = masks_at(hi)
+                macs_static = static_cost(masks)
+                scale = hi
+            else:
+                scale = 1.0
     return {"masks": masks, "layer_density": {k: float(m.float().mean()) for k, m in masks.items()},
-            "density": float(torch.cat(list(masks.values())).float().mean())}
+            "density": float(torch.cat(list(masks.values())).float().mean()),
+            "macs_static": macs_static, "macs_dynamic": macs_dynamic, "density_scale": scale}
 
 
 @torch.no_grad()
@@ -597,7 +652,7 @@ _RESUME_FREE = {"resume", "progress", "threads", "num_workers", "out_dir"}
 
 
 # fields that only a gated run reads: a dense run's resume state ignores them
-_GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "bs_decay", "rt_decay",
+_GATED_ONLY = {"preset", *_LOSS_FIELDS, "gate_init", "freeze_gates", "static_from", "static_match_macs", "bs_decay", "rt_decay",
                "hard_gates_from", "freeze_gates_from", "core_ratio", "static_layers", "detach_gate_input", "boost_gates",
                "static_eval"}
 
@@ -693,7 +748,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
             g.reset_parameters(cfg.gate_init)
     static = None
     if cfg.static_from is not None:
-        static = static_masks_from(cfg.static_from, train_ds, model)
+        static = static_masks_from(cfg.static_from, train_ds, model, match_macs=cfg.static_match_macs)
         from .nn import freeze_static
 
         freeze_static(gates(model), static["masks"])
@@ -750,8 +805,8 @@ def _run(cfg: TrainConfig, d: _Dist) -> TrainResult:
     meta = {"train": cfg.to_json(), "num_classes": num_classes, "world_size": d.world,
             "loss": asdict(loss_cfg) if loss_cfg is not None else None, "init": init}
     if static is not None:
-        meta["static_masks"] = {"from": cfg.static_from, "layer_density": static["layer_density"],
-                                "density": static["density"]}
+        meta["static_masks"] = {"from": cfg.static_from, **{k: static[k] for k in (
+            "layer_density", "density", "macs_static", "macs_dynamic", "density_scale")}}
     if core is not None:
         meta["core"] = {"ratio": cfg.core_ratio, "filters": sum(int(m.sum()) for m in core.values()),
                         "of": sum(m.numel() for m in core.values())}

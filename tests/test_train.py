@@ -350,3 +350,22 @@ def test_detached_gate_input_keeps_decoupling_losses_out_of_the_backbone(tmp_pat
         assert any(not torch.equal(gate0[k], gate1[k]) for k in gate0)
         same_body = all(torch.equal(body0[k], body1[k]) for k in body0)
         assert same_body == detach, f"detach_gate_input={detach}: backbone {'differs' if detach else 'unchanged'}"
+
+
+def test_static_mask_costs_the_dynamic_models_macs():
+    """Equal per-layer density is not equal MACs (kept-in x kept-out is correlated along a per-input
+    path): static_masks_from scales the densities until the static path costs at least the gated
+    model's mean effective MACs, and only by the step the integer keep counts need."""
+    from dyninfer.train import static_masks_from
+
+    path = "dyninfer/assets/resnet56_digits_dynamic.safetensors"
+    model = load_model(path)
+    ds = Subset(load_dataset("digits", split="train"), range(256))
+    plain = static_masks_from(path, ds, model, match_macs=False)
+    assert plain["macs_static"] is None and plain["density_scale"] is None
+    matched = static_masks_from(path, ds, model, macs_samples=256)
+    assert matched["macs_static"] >= matched["macs_dynamic"] > 0
+    assert matched["macs_static"] <= 1.01 * matched["macs_dynamic"]  # one keep-count step, not a bigger mask
+    assert matched["density_scale"] > 1.0 and matched["density"] > plain["density"]
+    for name, keep in plain["masks"].items():  # the matched mask only adds the next most frequent filters
+        assert torch.all(matched["masks"][name] | ~keep), name
