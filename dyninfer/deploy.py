@@ -18,6 +18,11 @@ Python code. Its extra file ``extra/dyninfer.json`` records
   ``input_shape``     [C, H, W];  ``output_shape``: per-sample logits shape
   ``gate_names``, ``gate_sizes``, ``conv_names``
   ``sha256``          :func:`plan_digest` of the plan state and the fields above
+  ``precision``       "fp32" | "bf16" (absent: fp32): re-applied on load with set_precision, so
+                      a CPU without AVX512_BF16 warns and runs fp32. Not in the digest: the
+                      weights are always the fp32 ones, bf16 packs from them deterministically.
+                      (``torch::jit::load`` in C++ reads the module only: it runs fp32 until the
+                      caller runs the plan's ``set_precision``.)
   ``dyninfer_version``, ``torch_version``, ``isa_at_save`` (informational)
 
 Why a TorchScript archive rather than safetensors + a JSON: the same file then loads in C++ with
@@ -148,7 +153,7 @@ def _metadata(engine, module: torch.jit.ScriptModule) -> dict[str, Any]:
     from . import __version__
     from ._C import plan_schema
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "plan_version": plan_schema()["version"], **fields,
-            "sha256": plan_digest(meta, ops, weights, names, fields),
+            "sha256": plan_digest(meta, ops, weights, names, fields), "precision": engine.precision,
             "dyninfer_version": __version__, "torch_version": torch.__version__, "isa_at_save": engine.isa}
 
 
@@ -174,18 +179,8 @@ def _write(path: Path, module: torch.jit.ScriptModule, meta: dict[str, Any]) -> 
     return path
 
 
-def _refuse_reduced_precision(engine, where: str) -> None:
-    # Artefacts hold the fp32 plan and weights; a bf16 engine saved as is would load back as fp32.
-    precision = getattr(engine, "precision", "fp32")
-    if precision != "fp32":
-        raise ValueError(f"dyninfer.deploy.{where}: the engine runs in {precision}, and artefacts record fp32 engines "
-                         f"only so far; save the fp32 engine (dyninfer.compile without precision) and call "
-                         f"set_precision({precision!r}) on the engine dyninfer.load returns")
-
-
 def save(engine, path: str | os.PathLike) -> Path:
     """Write ``engine`` (a dyninfer.CompiledModel) to ``path`` atomically; returns the path."""
-    _refuse_reduced_precision(engine, "save")
     module = script_engine(engine)
     return _write(Path(path), module, _metadata(engine, module))
 
@@ -194,8 +189,6 @@ def save_runtime(engine, path: str | os.PathLike) -> Path:
     """Write ``engine`` as the torch-free runtime artefact (dyninfer.runtime, format 2) atomically."""
     from . import __version__
     from .runtime import save_artefact
-
-    _refuse_reduced_precision(engine, "save_runtime")
 
     spec = engine.spec  # what the engine's plan was built from
     meta, ops, weights, names = spec.meta, spec.ops, spec.weights, spec.conv_names
@@ -206,7 +199,8 @@ def save_runtime(engine, path: str | os.PathLike) -> Path:
     return save_artefact(path, meta=meta, ops=ops, weights=[w.detach().cpu().contiguous().numpy() for w in weights],
                          conv_names=list(names), gate_names=fields["gate_names"], gate_sizes=fields["gate_sizes"],
                          input_shape=fields["input_shape"], output_shape=fields["output_shape"], gates=engine.gates_mode,
-                         digest=digest, extra={"dyninfer_version": __version__, "isa_at_save": engine.isa})
+                         digest=digest, precision=engine.precision,
+                         extra={"dyninfer_version": __version__, "isa_at_save": engine.isa})
 
 
 def _load_runtime(path: Path):
@@ -236,8 +230,21 @@ def _load_runtime(path: Path):
                     output_shape=tuple(model.output_shape))
     engine = CompiledModel.from_plan(spec, model.gates_mode)
     engine.artefact = {"path": str(path), "format": FORMAT_RUNTIME, "format_version": 2, "sha256": model.digest,
-                       "gates": model.gates_mode}
+                       "gates": model.gates_mode, "precision": model.requested_precision}
+    _apply_precision(engine, model.requested_precision, path)
     return engine
+
+
+def _apply_precision(engine, precision: str, path: Path) -> None:
+    """The artefact's precision on the loaded engine; a CPU without it warns and runs fp32."""
+    if precision == "fp32":
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.set_precision(precision)
+    for w in caught:
+        warnings.warn(f"{path} was saved in {precision}; {str(w.message).removeprefix('dyninfer: ')}",
+                      RuntimeWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +296,8 @@ def _read_meta(path: Path, zf: zipfile.ZipFile) -> dict[str, Any]:
                             f"(dyninfer.checkpoint.load_model, dyninfer.compile) and save it again")
     if meta["gates"] not in ("learned", "open"):
         raise ArtefactError(f"{path}: metadata 'gates' is {meta['gates']!r}, expected 'learned' or 'open'")
+    if meta.get("precision", "fp32") not in ("fp32", "bf16"):
+        raise ArtefactError(f"{path}: metadata 'precision' is {meta['precision']!r}, expected 'fp32' or 'bf16'")
     return meta
 
 
@@ -385,6 +394,7 @@ def load(path: str | os.PathLike):
                     input_shape=tuple(meta["input_shape"]), output_shape=tuple(meta["output_shape"]))
     engine = CompiledModel.from_plan(spec, meta["gates"], plan=module.plan)
     engine.artefact = {"path": str(Path(path)), **{k: meta[k] for k in meta if k not in ("conv_names",)}}
+    _apply_precision(engine, meta.get("precision", "fp32"), p)
     return engine
 
 

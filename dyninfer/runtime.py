@@ -15,6 +15,7 @@ The same runtime is a C library, libdyninfer_rt (CMakeLists.txt, csrc/runtime/dy
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -59,6 +60,30 @@ class Model:
         self.gates_mode = "open" if handle.open_gates else "learned"
         self.digest = handle.digest
 
+    @property
+    def precision(self) -> str:
+        """"fp32" or "bf16": what runs (the artefact's precision where this CPU supports it)."""
+        return self._m.precision
+
+    @property
+    def requested_precision(self) -> str:
+        """The precision the artefact asks for ("fp32" for artefacts that predate the field)."""
+        return self._m.requested_precision
+
+    def set_precision(self, precision: str, strict: bool = False) -> "Model":
+        """Switch to "fp32" or "bf16" (not while another thread runs the model); returns self. Where
+        the CPU lacks AVX512_BF16, warns and stays fp32, or raises RuntimeError when strict."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"dyninfer runtime: precision must be 'fp32' or 'bf16', got {precision!r}")
+        if precision == "bf16" and not self._m.precision_supported_bf16:
+            why = _bf16_missing()
+            if strict:
+                raise RuntimeError(f"dyninfer runtime: {why}")
+            warnings.warn(f"dyninfer runtime: {why}; the model runs fp32", RuntimeWarning, stacklevel=2)
+            precision = "fp32"
+        self._m.set_precision(precision)
+        return self
+
     def run(self, x, return_path: bool = False, threads: int = 1):
         """logits (B, *output_shape) of a float32 (B, C, H, W) array; with return_path also the
         (B, Σ N_l) gate decisions. Other dtypes, shapes or NaN/Inf raise TypeError/ValueError."""
@@ -76,7 +101,12 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"dyninfer.runtime.Model({self.source}, input={self.input_shape}, gates={len(self.gate_names)}, "
-                f"mode={self.gates_mode}, isa={isa()})")
+                f"mode={self.gates_mode}, isa={isa()}, precision={self.precision})")
+
+
+def _bf16_missing() -> str:
+    return (f"bf16 needs AVX-512 with the AVX512_BF16 instructions (cpu flag avx512_bf16); this CPU runs the "
+            f"{isa()} kernels")
 
 
 def load(source: str | os.PathLike | bytes, *, verify: bool = True) -> Model:
@@ -97,15 +127,22 @@ def load(source: str | os.PathLike | bytes, *, verify: bool = True) -> Model:
         handle = rt.load_bytes(data, bool(verify))
     except (rt.ArtefactError, rt.PlanError) as exc:
         raise ArtefactError(f"{name}: {exc}") from None
-    return Model(handle, name)
+    model = Model(handle, name)
+    if model.precision != model.requested_precision:
+        warnings.warn(f"dyninfer runtime: {name} was saved in {model.requested_precision}; {_bf16_missing()}, so it "
+                      f"runs fp32", RuntimeWarning, stacklevel=2)
+    return model
 
 
 def save_artefact(path: str | os.PathLike, *, meta: Sequence[int], ops: Sequence[int], weights: Sequence[np.ndarray],
                   conv_names: Sequence[str], gate_names: Sequence[str], gate_sizes: Sequence[int],
                   input_shape: Sequence[int], output_shape: Sequence[int], gates: str, digest: str,
-                  extra: dict[str, str] | None = None) -> Path:
+                  precision: str = "fp32", extra: dict[str, str] | None = None) -> Path:
     """Write the runtime artefact atomically (the torch side, CompiledModel.save, calls this with the
-    engine's plan and the digest the extension computed)."""
+    engine's plan and the digest the extension computed). The weights are always float32;
+    ``precision`` ("fp32" | "bf16") is the one the engine runs in, re-applied on load."""
+    if precision not in ("fp32", "bf16"):
+        raise ArtefactError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     from safetensors.numpy import save
 
     from ._io import atomic_write_bytes
@@ -125,7 +162,7 @@ def save_artefact(path: str | os.PathLike, *, meta: Sequence[int], ops: Sequence
         tensors[f"weight.{i:05d}"] = w
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "plan_version": str(_rt().PLAN_VERSION),
                 "gates": gates, "weight_count": str(len(weights)), "conv_names": "\n".join(conv_names),
-                "gate_names": "\n".join(gate_names), "digest": digest, **(extra or {})}
+                "gate_names": "\n".join(gate_names), "digest": digest, "precision": precision, **(extra or {})}
     out = Path(path)
     atomic_write_bytes(out, save(tensors, metadata=metadata))
     return out

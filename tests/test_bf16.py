@@ -2,7 +2,7 @@
 inputs and weights to bf16 channel pairs and accumulate in fp32 with AVX512_BF16 (vdpbf16ps). Their
 outputs match a PyTorch reference that rounds each conv's input and weights to bf16 the same way;
 trained gated models keep their paths and predictions; CPUs without the instructions warn and run
-fp32, or refuse under strict_precision; artefacts refuse bf16 engines rather than drop the setting."""
+fp32, or refuse under strict_precision; artefacts record the precision and every loader re-applies it."""
 from __future__ import annotations
 
 import os
@@ -127,10 +127,82 @@ def test_bad_precision_names_the_choices():
 
 
 @needs_bf16
-def test_artefacts_refuse_bf16_engines(tmp_path):
-    m = dyninfer.create_model("resnet20").eval()
+def test_artefacts_record_the_precision(tmp_path):
+    """Both artefact formats store fp32 weights and precision "bf16"; dyninfer.load and the torch-free
+    runtime come back in bf16 with the same logits and paths as the engine that was saved."""
+    import numpy as np
+
+    import dyninfer.runtime as rt
+
+    m = dyninfer.checkpoint.load_model(os.path.join(ASSETS, "resnet56_digits_dynamic.safetensors"))
     e = dyninfer.compile(m, precision="bf16")
+    x = torch.randn(4, *e.input_shape, generator=torch.Generator().manual_seed(3))
+    ref, ref_path = e(x, return_path=True)
+    fp32 = dyninfer.compile(m)(x)
+    assert not torch.equal(ref, fp32)  # the bf16 engine really differs from fp32
     for fmt in ("runtime", "torchscript"):
-        with pytest.raises(ValueError, match="set_precision"):
-            e.save(tmp_path / f"e_{fmt}.dyn", format=fmt)
-    assert not list(tmp_path.iterdir())
+        back = dyninfer.load(e.save(tmp_path / f"e_{fmt}.dyn", format=fmt))
+        assert back.precision == "bf16" and back.artefact["precision"] == "bf16", fmt
+        logits, path = back(x, return_path=True)
+        assert torch.equal(logits, ref) and torch.equal(path, ref_path), fmt
+    model = rt.load(tmp_path / "e_runtime.dyn")
+    assert model.precision == model.requested_precision == "bf16"
+    logits, path = model.run(x.numpy(), return_path=True)
+    np.testing.assert_array_equal(logits, ref.numpy())
+    np.testing.assert_array_equal(path, ref_path.numpy())
+    model.set_precision("fp32")
+    np.testing.assert_array_equal(model.run(x.numpy()), fp32.numpy())
+    with pytest.raises(ValueError, match="'fp32' or 'bf16'"):
+        model.set_precision("int4")
+
+
+def test_bf16_artefact_on_a_cpu_without_it_runs_fp32(tmp_path):
+    """An artefact saved in bf16 still loads where the kernels cannot run bf16 (here: capped at AVX2):
+    dyninfer.load and dyninfer.runtime warn, naming the file and avx512_bf16, and run fp32."""
+    m = dyninfer.create_model("resnet20").eval()
+    e = dyninfer.compile(m)
+    path = e.save(tmp_path / "e.dyn")
+    from dyninfer.runtime import save_artefact  # the same plan, marked bf16 (whatever this CPU has)
+
+    spec = e.spec
+    save_artefact(tmp_path / "bf16.dyn", meta=spec.meta, ops=spec.ops,
+                  weights=[w.numpy() for w in spec.weights], conv_names=spec.conv_names, gate_names=spec.gate_names,
+                  gate_sizes=spec.gate_sizes, input_shape=spec.input_shape, output_shape=spec.output_shape,
+                  gates=e.gates_mode, digest=dyninfer.load(path).artefact["sha256"], precision="bf16")
+    code = ("import warnings, dyninfer, dyninfer.runtime as rt\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            f"    e = dyninfer.load({str(tmp_path / 'bf16.dyn')!r})\n"
+            f"    m = rt.load({str(tmp_path / 'bf16.dyn')!r})\n"
+            "assert e.precision == 'fp32' and m.precision == 'fp32' and m.requested_precision == 'bf16'\n"
+            "msgs = [str(x.message) for x in w]\n"
+            "assert sum('bf16.dyn was saved in bf16' in s and 'avx512_bf16' in s for s in msgs) == 2, msgs\n")
+    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DYNINFER_ISA="avx2"), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_artefact_with_an_unknown_precision_is_refused(tmp_path):
+    import dyninfer.runtime as rt
+
+    m = dyninfer.create_model("resnet20").eval()
+    e = dyninfer.compile(m)
+    spec = e.spec
+    digest = dyninfer.load(e.save(tmp_path / "e.dyn")).artefact["sha256"]
+    with pytest.raises(rt.ArtefactError, match="precision"):
+        rt.save_artefact(tmp_path / "x.dyn", meta=spec.meta, ops=spec.ops, weights=[w.numpy() for w in spec.weights],
+                         conv_names=spec.conv_names, gate_names=spec.gate_names, gate_sizes=spec.gate_sizes,
+                         input_shape=spec.input_shape, output_shape=spec.output_shape, gates=e.gates_mode,
+                         digest=digest, precision="fp16")
+    # a file whose metadata says fp16 (written around save_artefact's check) is refused by both loaders
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "e.dyn"), "np") as f:
+        meta = dict(f.metadata())
+    save_file(load_file(str(tmp_path / "e.dyn")), str(tmp_path / "fp16.dyn"), metadata={**meta, "precision": "fp16"})
+    from dyninfer.deploy import ArtefactError
+
+    for loader in (rt.load, dyninfer.load):
+        with pytest.raises((rt.ArtefactError, ArtefactError), match="'precision' must be fp32 or bf16, got 'fp16'"):
+            loader(tmp_path / "fp16.dyn")

@@ -153,6 +153,20 @@ def test_c_api_without_libtorch(tmp_path, c_runner):
     bad.write_bytes(path.read_bytes()[:1000])
     out = subprocess.run([str(c_runner), str(bad)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "bad.dyninfer" in out.stderr and "truncated" in out.stderr
+    from dyninfer._C import bf16_supported
+
+    if bf16_supported() and engine.isa == "avx512":  # a bf16 artefact runs bf16 in C too, bit for bit
+        engine.set_precision("bf16")
+        ref16 = engine(x)
+        engine.save(tmp_path / "bf16.dyninfer")
+        out = subprocess.run([str(c_runner), str(tmp_path / "bf16.dyninfer"), str(tmp_path / "x.f32"), "5",
+                              str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert np.array_equal(np.fromfile(tmp_path / "b.logits.f32", np.float32).reshape(5, -1), ref16.numpy())
+        assert not np.array_equal(ref16.numpy(), ref.numpy())
+        summary = subprocess.run([str(c_runner), str(tmp_path / "bf16.dyninfer")], capture_output=True, text=True,
+                                 timeout=60)
+        assert "precision bf16" in summary.stdout, summary.stdout
 
 
 def test_cpp_example_without_libtorch(tmp_path, c_runner):

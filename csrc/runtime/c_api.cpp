@@ -68,6 +68,19 @@ int64_t dyninfer_output_numel(const dyninfer_model* model) { return model ? mode
 int64_t dyninfer_path_len(const dyninfer_model* model) { return model ? model->m->path_len() : -1; }
 const char* dyninfer_digest(const dyninfer_model* model) { return model ? model->m->digest.c_str() : ""; }
 const char* dyninfer_isa(void) { return dyninfer::isa_name(dyninfer::detect_isa()); }
+const char* dyninfer_precision(const dyninfer_model* model) {
+  return model ? model->m->plan->precision().c_str() : "";
+}
+
+int dyninfer_set_precision(dyninfer_model* model, const char* precision) {
+  return guarded(
+      [&]() -> int {
+        if (!model || !precision) throw std::invalid_argument("dyninfer_set_precision: NULL argument");
+        model->m->plan->set_precision(precision);  // PlanError names the missing CPU feature
+        return 0;
+      },
+      1);
+}
 
 int dyninfer_run(const dyninfer_model* model, const float* x, int64_t batch, float* logits, float* path,
                  int threads) {

@@ -37,6 +37,12 @@ DYNINFER_API int64_t dyninfer_output_numel(const dyninfer_model* model); /* logi
 DYNINFER_API int64_t dyninfer_path_len(const dyninfer_model* model);     /* gate decisions per sample */
 DYNINFER_API const char* dyninfer_digest(const dyninfer_model* model);   /* lower-case hex sha256 */
 DYNINFER_API const char* dyninfer_isa(void);                             /* kernels this CPU dispatches to */
+/* "fp32" or "bf16": the precision the model runs in. It starts as the artefact's ("precision"
+ * metadata, fp32 when absent) where this CPU supports it, else fp32. */
+DYNINFER_API const char* dyninfer_precision(const dyninfer_model* model);
+/* Switch to "fp32" or "bf16" (bf16 needs avx512_bf16 and the AVX-512 kernels). Returns 0, or 1 with
+ * dyninfer_last_error() naming the reason (the model is unchanged). Not while another thread runs it. */
+DYNINFER_API int dyninfer_set_precision(dyninfer_model* model, const char* precision);
 
 /* x: batch x C x H x W contiguous float32; logits: batch x output_numel; path: batch x path_len
  * (0.0 / 1.0 per gated channel) or NULL. threads <= 0: every core. Returns 0 on success. */

@@ -51,6 +51,12 @@ class Model {
   int64_t path_len() const { return dyninfer_path_len(m_.get()); }
   std::string digest() const { return dyninfer_digest(m_.get()); }
   static std::string isa() { return dyninfer_isa(); }
+  // "fp32" | "bf16": the artefact's precision where this CPU supports it, else fp32.
+  std::string precision() const { return dyninfer_precision(m_.get()); }
+  // Not while another thread runs the model. Throws Error naming a missing CPU feature.
+  void set_precision(const std::string& precision) {
+    if (dyninfer_set_precision(m_.get(), precision.c_str()) != 0) throw Error(dyninfer_last_error());
+  }
 
   // x: batch x C x H x W float32, contiguous. threads <= 0: every core. Safe from several threads.
   Result run(const float* x, int64_t batch, bool return_path = false, int threads = 1) const {

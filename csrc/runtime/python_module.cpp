@@ -61,6 +61,12 @@ PYBIND11_MODULE(_rt, mod) {
       .def_readonly("open_gates", &RtModel::open_gates)
       .def_readonly("digest", &RtModel::digest)
       .def_property_readonly("path_len", &RtModel::path_len)
+      .def_readonly("requested_precision", &RtModel::requested_precision)
+      .def_property_readonly("precision", [](const RtModel& m) { return m.plan->precision(); })
+      .def("set_precision", [](RtModel& m, const std::string& p) { m.plan->set_precision(p); }, py::arg("precision"),
+           "fp32 or bf16 (PlanError naming the missing CPU feature); not while a run is in flight")
+      .def_property_readonly("precision_supported_bf16",
+                             [](const RtModel& m) { return dyninfer::precision_supported(*m.plan, "bf16"); })
       .def("run", &run, py::arg("x"), py::arg("return_path") = false, py::arg("threads") = 1,
            "(logits (B, numel), path (B or 0, path_len)) of a float32 (B, C, H, W) array");
   mod.def("load_bytes", &load_bytes, py::arg("data"), py::arg("verify") = true);

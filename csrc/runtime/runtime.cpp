@@ -15,6 +15,7 @@ static int omp_get_thread_num() { return 0; }
 #include <mutex>
 #include <new>
 
+#include "../kernels/conv.h"
 #include "../kernels/digest.h"
 
 namespace dyninfer {
@@ -137,6 +138,14 @@ std::unique_ptr<RtModel> load_artefact(const uint8_t* bytes, size_t n, bool veri
                           got.substr(0, 16) + "...): the file is corrupt or was modified");
   }
   m->plan = std::make_unique<Plan>(m->meta, m->ops, std::move(refs), m->conv_names, detect_isa());
+  // precision: optional (artefacts before it are fp32); the weights stay the fp32 ones above, a bf16
+  // engine repacks them from those (deterministically), and a CPU without bf16 runs fp32.
+  auto prec = f.metadata.find("precision");
+  m->requested_precision = prec == f.metadata.end() ? "fp32" : prec->second;
+  if (m->requested_precision != "fp32" && m->requested_precision != "bf16")
+    throw ArtefactError("artefact 'precision' must be fp32 or bf16, got '" + m->requested_precision + "'");
+  if (m->requested_precision != "fp32" && precision_supported(*m->plan, m->requested_precision))
+    m->plan->set_precision(m->requested_precision);
   const Buffer& in = m->plan->input_buffer();
   if (in.C != m->input_shape[0] || in.H != m->input_shape[1] || in.W != m->input_shape[2])
     throw ArtefactError("artefact input_shape does not match the plan's input buffer");
@@ -154,6 +163,10 @@ std::unique_ptr<RtModel> load_artefact(const uint8_t* bytes, size_t n, bool veri
     throw ArtefactError("artefact output_shape does not match the plan's output buffer");
   if (path != m->plan->path_len()) throw ArtefactError("artefact gate_sizes do not add up to the plan's path length");
   return m;
+}
+
+bool precision_supported(const Plan& plan, const std::string& precision) {
+  return precision == "fp32" || (precision == "bf16" && plan.isa() == Isa::kAvx512 && bf16_kernels_supported());
 }
 
 std::unique_ptr<RtModel> load_artefact_file(const std::string& path, bool verify) {

@@ -10,7 +10,10 @@
 //             weight.00000 ... (F32)          the plan's weights, by index
 //   metadata  format, format_version, plan_version, gates ("learned" | "open"), weight_count,
 //             conv_names, gate_names (newline-separated module paths), digest (sha256 of all of
-//             the above, csrc/kernels/digest.h), and informational dyninfer_version, isa_at_save.
+//             the above, csrc/kernels/digest.h), precision ("fp32" | "bf16"; optional, fp32 when
+//             absent; not in the digest: the weights are always the fp32 ones, and a bf16 engine
+//             packs its bf16 weights from them at load, on CPUs with AVX512_BF16, else runs fp32),
+//             and informational dyninfer_version, isa_at_save.
 // Loading checks the container, then the format and versions, then (verify) the digest, and only
 // then builds the plan, whose constructor validates every field; nothing runs before all pass.
 #pragma once
@@ -38,6 +41,7 @@ struct RtModel {
   std::vector<std::string> conv_names, gate_names;
   bool open_gates = false;
   std::string digest;
+  std::string requested_precision = "fp32";  // the artefact's; plan->precision() is what runs
   struct FreeDeleter {
     void operator()(float* p) const { std::free(p); }
   };
@@ -48,6 +52,10 @@ struct RtModel {
   int64_t output_numel() const { return plan->output_numel(); }
   int64_t path_len() const { return plan->path_len(); }
 };
+
+// Whether ``plan`` can run ``precision`` ("fp32" always; "bf16" with the AVX-512 kernels on a CPU
+// with avx512_bf16).
+bool precision_supported(const Plan& plan, const std::string& precision);
 
 // Throws ArtefactError (container, format, digest) or PlanError (plan fields) naming what is wrong.
 std::unique_ptr<RtModel> load_artefact(const uint8_t* bytes, size_t n, bool verify);

@@ -82,9 +82,10 @@ int main(int argc, char** argv) {
   }
   double kept = 0;
   for (int64_t i = 0; i < path_n; ++i) kept += path[i];
-  printf("model %s: input %lld x %lld x %lld, %lld logits, %lld gated channels (sample 0 keeps %.0f), isa %s, sha256 %.16s...\n",
+  printf("model %s: input %lld x %lld x %lld, %lld logits, %lld gated channels (sample 0 keeps %.0f), isa %s, "
+         "precision %s, sha256 %.16s...\n",
          argv[1], (long long)shape[0], (long long)shape[1], (long long)shape[2], (long long)out_n,
-         (long long)path_n, kept, dyninfer_isa(), dyninfer_digest(m));
+         (long long)path_n, kept, dyninfer_isa(), dyninfer_precision(m), dyninfer_digest(m));
 done:
   free(x);
   free(logits);
