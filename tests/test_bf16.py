@@ -139,6 +139,78 @@ def test_bf16_channel_subsets_match_a_bf16_rounded_reference(seed):
     assert med32 > 20 * med, (widths, med, med32)
 
 
+_BT = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=torch.float64)
+_G = torch.tensor([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], dtype=torch.float64)
+_AT = torch.tensor([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=torch.float64)
+
+
+def winograd_bf16_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """3x3 stride-1 pad-1 conv as Winograd F(2x2, 3x3) in float64, with the transformed input
+    B^T d B and the transformed weights G g G^T rounded to bf16: what the engine's bf16 Winograd
+    computes up to fp32 rounding. x (N, C, H, W), w (O, C, 3, 3)."""
+    n, c, h, wd = x.shape
+    th, tw = (h + 1) // 2, (wd + 1) // 2
+    xp = F.pad(x, (1, 2 * tw + 1 - wd, 1, 2 * th + 1 - h))  # whole 4x4 windows for every 2x2 tile
+    d = xp.unfold(2, 4, 2).unfold(3, 4, 2)  # (N, C, th, tw, 4, 4)
+    v = bf16(torch.einsum("ij,nctujk,lk->nctuil", _BT, d, _BT))
+    u = bf16(torch.einsum("ij,ocjk,lk->ocil", _G, w.double(), _G))
+    m = torch.einsum("ocil,nctuil->notuil", u, v)
+    y = torch.einsum("ij,notujk,lk->notuil", _AT, m, _AT)  # (N, O, th, tw, 2, 2)
+    y = y.permute(0, 1, 2, 4, 3, 5).reshape(n, w.shape[0], 2 * th, 2 * tw)[:, :, :h, :wd]
+    return y + b.double().view(1, -1, 1, 1)
+
+
+@needs_bf16
+@pytest.mark.parametrize("hw", [24, 23])
+@pytest.mark.parametrize("keep", [1.0, 0.8])
+def test_bf16_winograd_matches_a_bf16_winograd_reference(hw, keep, monkeypatch):
+    """Wide 3x3 convs on 12x12 tiles run Winograd in bf16 (its input transform rounded into pair
+    planes, vdpbf16ps GEMMs on the packed transformed weights, fp32 output transform): they match a
+    float64 Winograd that rounds the transformed input and weights to bf16, on kept channel subsets
+    too, and are further from the bf16 *direct* conv (DYNINFER_WINOGRAD=0) — so Winograd ran."""
+    torch.manual_seed(7)
+    net = PlainNet([96, 96, 96, 6], [3, 3, 3, 1], [1, 1, 1, 1]).eval()
+    gated = dyninfer.decouple(net).eval()
+    g = torch.Generator().manual_seed(8)
+    keeps = []
+    for gate in dyninfer.gates(gated).values():
+        k = torch.ones(gate.out_channels, dtype=torch.bool)
+        if keep < 1:
+            k[torch.randperm(gate.out_channels, generator=g)[: int((1 - keep) * gate.out_channels)]] = False
+        keeps.append(k)
+        nn.init.zeros_(gate.fc1.weight)
+        nn.init.ones_(gate.fc1.bias)
+        nn.init.zeros_(gate.fc2.weight)
+        gate.fc2.bias.data.copy_(torch.where(k, 1.0, -1.0))
+    x = torch.randn(2, 3, hw, hw, generator=g)
+    wino = dyninfer.compile(gated, example_input=x, precision="bf16", strict_precision=True)
+    monkeypatch.setenv("DYNINFER_WINOGRAD", "0")
+    direct = dyninfer.compile(gated, example_input=x, precision="bf16", strict_precision=True)
+    got, path = wino(x, return_path=True)
+    assert torch.equal(path, torch.cat(keeps).float().expand(2, -1))
+    convs = list(net.convs)
+    with torch.no_grad():
+        def reference(winograd: bool) -> torch.Tensor:
+            h = F.relu(F.conv2d(bf16(x), bf16(convs[0].weight), convs[0].bias.double(), padding=1))
+            for conv, k in zip(convs[1:3], keeps):  # the first and last convs have no gate
+                if winograd:
+                    h = winograd_bf16_reference(h, conv.weight, conv.bias)  # V rounds, not d
+                else:
+                    h = F.conv2d(bf16(h), bf16(conv.weight), conv.bias.double(), padding=1)
+                h = F.relu(h) * k.double().view(1, -1, 1, 1)
+            return F.conv2d(bf16(h), bf16(convs[3].weight), convs[3].bias.double())
+
+        ref_w, ref_d = reference(True), reference(False)
+    got = got.double()
+    rel = ((got - ref_w).norm() / ref_w.norm()).item()
+    rel_d = ((got - ref_d).norm() / ref_d.norm()).item()
+    assert rel < 2e-4 and rel_d > 5 * rel, (rel, rel_d)
+    exact = net.double()(x.double()) if keep == 1.0 else None
+    if exact is not None:  # and bf16 Winograd stays a bf16-sized error away from the exact conv
+        assert ((got - exact).norm() / exact.norm()).item() < 2e-2
+    assert not torch.equal(wino(x), direct(x))
+
+
 @needs_bf16
 @pytest.mark.parametrize("asset,dataset", [("resnet20_fashion_mnist_dynamic.safetensors", "fashion_mnist"),
                                            ("resnet56_digits_dynamic.safetensors", "digits")])

@@ -229,6 +229,15 @@ void bf16_pack_pairs(const float* in, int64_t cstride, const int32_t* ca, const 
                      int64_t out_stride, float* out);
 // out[o][r][t] = bf16(w[o][2r][t]) | bf16(w[o][2r+1][t]) << 16, r < ceil(I / 2) (w: [O][I][kk]).
 void bf16_pack_weights(const float* w, int O, int I, int kk, uint32_t* out);
+// The GEMM phase of Winograd F(2x2, 3x3) in bf16 (phase 1 of conv_winograd, positions [x0, x1)):
+// c.v holds V as pair planes (bf16_pack_pairs of the fp32 input transform, c.n_in pairs, in_real
+// their pair indices r), c.u the transformed weights packed in pairs (bf16_pack_weights of U with
+// kk = 1; c.u_i = ceil(I / 2)); M is fp32, where wino_m(c) puts it, for conv_winograd's phase 2.
+void conv_winograd_gemm_bf16(const WinoCall& c, int x0, int x1);
+// The input transform in bf16, for live pairs [j0, j1): V[xi][j] = the pair plane (bf16 of
+// B^T d B of compact channel ca[j], of cb[j]; -1: zeros) written to c.v with c.n_in pairs; c.in,
+// c.cstride the fp32 compact input planes as for conv_winograd's phase 0.
+void conv_winograd_input_bf16(const WinoCall& c, const int32_t* ca, const int32_t* cb, int j0, int j1);
 
 // The entry points one ISA's translation unit provides (conv_<isa>.cpp, all from conv_impl.h).
 struct KernelTable {

@@ -84,6 +84,9 @@ struct ConvOp {
   // bf16 precision (Plan::set_precision): weights packed in channel pairs (bf16_pack_weights),
   // ceil(I / 2) pairs per output channel; empty where the conv runs in fp32.
   std::vector<uint32_t> bf16_w;
+  // ... and, for a Winograd conv, its transformed weights U packed likewise ([16][O][ceil(I/2)]):
+  // the 16 GEMMs run in bf16 where Winograd pays, the direct bf16 kernels elsewhere.
+  std::vector<uint32_t> wino_u16;
   std::string name;
 };
 

@@ -539,6 +539,7 @@ void Plan::set_precision(const std::string& precision) {
   bf16_floats_ = 0;
   for (ConvOp& c : convs_) {
     c.bf16_w.clear();
+    c.wino_u16.clear();
     if (precision != "bf16" || c.groups != 1) continue;
     const int kk = c.kh * c.kw;
     c.bf16_w.resize(static_cast<size_t>(c.O) * ((c.I + 1) / 2) * kk);
@@ -547,6 +548,12 @@ void Plan::set_precision(const std::string& precision) {
     const int64_t per_channel =
         c.direct ? buffers_[c.in].plane : static_cast<int64_t>(kk) * buffers_[c.out].H * c.col_rows;
     bf16_floats_ = std::max(bf16_floats_, static_cast<int64_t>((c.I + 1) / 2) * per_channel + 64);
+    if (!c.wino_u.empty()) {  // V as pair planes, then M: wino_scratch_floats over the pairs
+      c.wino_u16.resize(static_cast<size_t>(16) * c.O * ((c.I + 1) / 2));
+      bf16_pack_weights(c.wino_u.data(), 16 * c.O, c.I, 1, c.wino_u16.data());
+      const Buffer& bo = buffers_[c.out];
+      bf16_floats_ = std::max(bf16_floats_, wino_scratch_floats(bo.H, bo.W, (c.I + 1) / 2, c.O, 16) + 64);
+    }
   }
 }
 

@@ -322,8 +322,9 @@ struct Executor {
       call.kw = 1;
       call.rs = tap;
     }
+    if (!c.wino_u.empty() && wino_pays(n_in, nk, bo.H, bo.W))  // in bf16 too, where wino_u16 is packed
+      return winograd(c, call, in_act, nk, work_macs(c, n_in, nk));
     if (!c.bf16_w.empty()) return conv_bf16(c, call, in_act, ng, work_macs(c, n_in, nk));
-    if (!c.wino_u.empty() && wino_pays(n_in, nk, bo.H, bo.W)) return winograd(c, call, nk, work_macs(c, n_in, nk));
     if (c.groups > 1) return grouped(c, call, in_act, nk);
     if (!c.direct) {
       im2col(c, n_in, 0);
@@ -351,8 +352,9 @@ struct Executor {
   // rounded into pair planes (channels 2r and 2r+1 of the real numbering in one 32-bit lane; a pair
   // with one live channel gets 0 in the other half), then the kernels over the live pairs with the
   // packed weights.
-  void conv_bf16(const ConvOp& c, ConvCall call, const std::vector<int32_t>& in_act, int ng, int64_t work) {
-    const Buffer& bi = P.buffers_[c.in];
+  // The live pairs of the (sorted) live inputs: ws.pair_r their indices r, ws.pair_a / pair_b the
+  // compact planes of channels 2r and 2r+1 (-1: dead, the half gets 0). Returns their count.
+  int live_pairs(const std::vector<int32_t>& in_act) {
     const int n_in = static_cast<int>(in_act.size());
     auto &pa = ws.pair_a, &pb = ws.pair_b, &pr = ws.pair_r;
     pa.clear();
@@ -366,7 +368,23 @@ struct Executor {
       pb.push_back(both ? j + 1 : (ch % 2 == 1 ? j : -1));
       if (both) ++j;
     }
-    const int np = static_cast<int>(pr.size());
+    return static_cast<int>(pr.size());
+  }
+
+  float* bf16_scratch(int64_t need) {
+    if (ws.bf16_floats < need) {
+      const int64_t n = std::max(need, P.bf16_floats_);
+      ws.bf16_raw = plan_detail::alloc_zeroed(n);
+      ws.bf16_floats = n;
+    }
+    return ws.bf16_raw.get();
+  }
+
+  void conv_bf16(const ConvOp& c, ConvCall call, const std::vector<int32_t>& in_act, int ng, int64_t work) {
+    const Buffer& bi = P.buffers_[c.in];
+    const int n_in = static_cast<int>(in_act.size());
+    const int np = live_pairs(in_act);
+    auto &pa = ws.pair_a, &pb = ws.pair_b, &pr = ws.pair_r;
     const float* src = ws.buf_data[c.in];
     int64_t plane = bi.plane;
     if (!c.direct) {  // column buffer: call.cstride floats per input channel (its taps' planes)
@@ -374,13 +392,7 @@ struct Executor {
       src = ws.col;
       plane = call.cstride;
     }
-    const int64_t need = static_cast<int64_t>(np) * plane + 64;
-    if (ws.bf16_floats < need) {
-      const int64_t n = std::max(need, P.bf16_floats_);
-      ws.bf16_raw = plan_detail::alloc_zeroed(n);
-      ws.bf16_floats = n;
-    }
-    float* pairs = ws.bf16_raw.get();
+    float* pairs = bf16_scratch(static_cast<int64_t>(np) * plane + 64);
     bf16_pack_pairs(src, plane, pa.data(), pb.data(), np, plane, plane, pairs);
     call.in = pairs;
     call.n_in = np;
@@ -411,7 +423,11 @@ struct Executor {
   // transform with the direct path's epilogue; each phase split across threads when the conv is big
   // enough, as the direct path splits its channel groups. V and M live in the column buffer, which a
   // direct conv does not use.
-  void winograd(const ConvOp& c, const ConvCall& call, int nk, int64_t work) {
+  //
+  // In bf16 (wino_u16 packed) the input transform runs in fp32 over live channel pairs and writes V
+  // as bf16 pair planes, the GEMMs run vdpbf16ps on the packed U, and the output transform reads
+  // the fp32 M as before.
+  void winograd(const ConvOp& c, const ConvCall& call, const std::vector<int32_t>& in_act, int nk, int64_t work) {
     const Buffer &bi = P.buffers_[c.in], &bo = P.buffers_[c.out];
     WinoCall w;
     w.in = ws.buf_data[c.in];
@@ -444,15 +460,34 @@ struct Executor {
     w.scale_first = call.scale_first;
     w.sums = call.sums;
     w.v = ws.col;
+    const bool bf16 = !c.wino_u16.empty();
+    WinoCall w16 = w;  // bf16: V as pair planes (and M after them) in the bf16 scratch
+    if (bf16) {
+      const int np = live_pairs(in_act);
+      w16.v = bf16_scratch(wino_scratch_floats(w.H, w.W, np, nk, 16) + 64);
+      w16.n_in = np;
+      w16.in_real = ws.pair_r.data();
+      w16.u = reinterpret_cast<const float*>(c.wino_u16.data());
+      w16.u_i = (c.I + 1) / 2;
+      phase_run(np, work, [&](int b, int e) {
+        conv_winograd_input_bf16(w16, ws.pair_a.data(), ws.pair_b.data(), b, e);
+      });
+      phase_run(16, work, [&](int b, int e) { conv_winograd_gemm_bf16(w16, b, e); });
+      phase_run(nk, work, [&](int b, int e) { conv_winograd(P.isa_, w16, 2, b, e); });
+      return;
+    }
     const int counts[3] = {w.n_in, 16, nk};
-    for (int phase = 0; phase < 3; ++phase) {
-      if (pfor && work >= kParallelMinMacs) {
-        (*pfor)(0, counts[phase], 1, [&](int64_t b, int64_t e) {
-          conv_winograd(P.isa_, w, phase, static_cast<int>(b), static_cast<int>(e));
-        });
-      } else {
-        conv_winograd(P.isa_, w, phase, 0, counts[phase]);
-      }
+    for (int phase = 0; phase < 3; ++phase)
+      phase_run(counts[phase], work, [&](int b, int e) { conv_winograd(P.isa_, w, phase, b, e); });
+  }
+
+  // fn(begin, end) over [0, n): split across threads when the conv is big enough.
+  template <class F>
+  void phase_run(int n, int64_t work, F&& fn) {
+    if (pfor && work >= kParallelMinMacs) {
+      (*pfor)(0, n, 1, [&](int64_t b, int64_t e) { fn(static_cast<int>(b), static_cast<int>(e)); });
+    } else {
+      fn(0, n);
     }
   }
 

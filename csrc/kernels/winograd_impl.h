@@ -12,6 +12,38 @@
 namespace dyninfer {
 namespace DYNINFER_ISA_NS {
 
+// B^T d B of the 4x4 windows of tiles tx0 .. tx0+n-1 of tile row ty of the padded plane p: out[xi],
+// lane l = tile tx0 + l.
+template <class T>
+static inline void wino_input_tiles(const WinoCall& c, const float* p, int ty, int tx0, int n,
+                                    typename T::V out[16]) {
+  using V = typename T::V;
+  const int64_t col = c.in_b - 1 + 2 * tx0;
+  V d[4][4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = c.in_b - 1 + 2 * ty + i;
+    if (row >= c.in_hp) {  // below the padded plane (odd heights): rows that only the dropped output row reads
+      for (int j = 0; j < 4; ++j) d[i][j] = T::zero();
+      continue;
+    }
+    const float* rp = p + row * c.in_wp + col;
+    for (int j = 0; j < 4; ++j) d[i][j] = T::even_lanes_n(rp + j, 2 * n + 2 - j);
+  }
+  V t[4][4];
+  for (int j = 0; j < 4; ++j) {
+    t[0][j] = T::sub(d[0][j], d[2][j]);
+    t[1][j] = T::add(d[1][j], d[2][j]);
+    t[2][j] = T::sub(d[2][j], d[1][j]);
+    t[3][j] = T::sub(d[1][j], d[3][j]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    out[4 * i + 0] = T::sub(t[i][0], t[i][2]);
+    out[4 * i + 1] = T::add(t[i][1], t[i][2]);
+    out[4 * i + 2] = T::sub(t[i][2], t[i][1]);
+    out[4 * i + 3] = T::sub(t[i][1], t[i][3]);
+  }
+}
+
 // Input transform of compact channels [c0, c1): V[xi][c][t] = (B^T d B)[xi] of tile t's 4x4 window.
 template <class T>
 static void wino_input(const WinoCall& c, int c0, int c1) {
@@ -26,32 +58,11 @@ static void wino_input(const WinoCall& c, int c0, int c1) {
     for (int ty = 0; ty < th; ++ty) {
       for (int tx0 = 0; tx0 < tw; tx0 += L) {
         const int n = tw - tx0 < L ? tw - tx0 : L;
-        const int64_t col = c.in_b - 1 + 2 * tx0;
-        V d[4][4];
-        for (int i = 0; i < 4; ++i) {
-          const int row = c.in_b - 1 + 2 * ty + i;
-          if (row >= c.in_hp) {  // below the padded plane (odd heights): rows that only the dropped output row reads
-            for (int j = 0; j < 4; ++j) d[i][j] = T::zero();
-            continue;
-          }
-          const float* rp = p + row * c.in_wp + col;
-          for (int j = 0; j < 4; ++j) d[i][j] = T::even_lanes_n(rp + j, 2 * n + 2 - j);
-        }
-        V t[4][4];
-        for (int j = 0; j < 4; ++j) {
-          t[0][j] = T::sub(d[0][j], d[2][j]);
-          t[1][j] = T::add(d[1][j], d[2][j]);
-          t[2][j] = T::sub(d[2][j], d[1][j]);
-          t[3][j] = T::sub(d[1][j], d[3][j]);
-        }
+        V out[16];
+        wino_input_tiles<T>(c, p, ty, tx0, n, out);
         const uint32_t mask = n >= 32 ? 0xFFFFFFFFu : (1u << n) - 1u;
         float* dst = vc + ty * tw + tx0;
-        for (int i = 0; i < 4; ++i) {
-          T::store_m(dst + (4 * i + 0) * vx, T::sub(t[i][0], t[i][2]), mask);
-          T::store_m(dst + (4 * i + 1) * vx, T::add(t[i][1], t[i][2]), mask);
-          T::store_m(dst + (4 * i + 2) * vx, T::sub(t[i][2], t[i][1]), mask);
-          T::store_m(dst + (4 * i + 3) * vx, T::sub(t[i][1], t[i][3]), mask);
-        }
+        for (int xi = 0; xi < 16; ++xi) T::store_m(dst + xi * vx, out[xi], mask);
       }
     }
     for (int xi = 0; xi < 16; ++xi)  // the last vector's lanes past the tiles: zeros, not stale scratch
