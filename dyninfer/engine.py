@@ -6,7 +6,6 @@ only its kept output channels from the input channels the previous layer actuall
 """
 from __future__ import annotations
 
-import warnings
 
 from typing import Sequence
 
@@ -77,17 +76,12 @@ class CompiledModel:
     def set_precision(self, precision: str, strict: bool = False) -> "CompiledModel":
         """Switch the engine to "fp32" or "bf16" (see dyninfer.compile); returns self. Where the CPU
         lacks AVX512_BF16, warns and stays fp32, or raises RuntimeError when strict."""
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"CompiledModel.set_precision: precision must be 'fp32' or 'bf16', got {precision!r}")
         from ._C import bf16_supported
-        if precision == "bf16" and (self.isa != "avx512" or not bf16_supported()):
-            why = (f"bf16 needs AVX-512 with the AVX512_BF16 instructions (cpu flag avx512_bf16); this CPU runs the "
-                   f"{self.isa} kernels{'' if bf16_supported() else ' and has no avx512_bf16'}")
-            if strict:
-                raise RuntimeError(f"dyninfer: {why}")
-            warnings.warn(f"dyninfer: {why}; the engine runs fp32", RuntimeWarning, stacklevel=2)
-            precision = "fp32"
-        self.plan.set_precision(precision)
+        from ._precision import choose
+
+        has = bf16_supported()
+        self.plan.set_precision(choose(precision, supported=self.isa == "avx512" and has, isa=self.isa, has_flag=has,
+                                       where="dyninfer", runs="the engine", strict=strict))
         return self
 
     def __call__(self, x: torch.Tensor, return_path: bool = False):

@@ -73,15 +73,11 @@ class Model:
     def set_precision(self, precision: str, strict: bool = False) -> "Model":
         """Switch to "fp32" or "bf16" (not while another thread runs the model); returns self. Where
         the CPU lacks AVX512_BF16, warns and stays fp32, or raises RuntimeError when strict."""
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"dyninfer runtime: precision must be 'fp32' or 'bf16', got {precision!r}")
-        if precision == "bf16" and not self._m.precision_supported_bf16:
-            why = _bf16_missing()
-            if strict:
-                raise RuntimeError(f"dyninfer runtime: {why}")
-            warnings.warn(f"dyninfer runtime: {why}; the model runs fp32", RuntimeWarning, stacklevel=2)
-            precision = "fp32"
-        self._m.set_precision(precision)
+        from ._precision import choose
+
+        self._m.set_precision(choose(precision, supported=self._m.precision_supported_bf16, isa=isa(),
+                                     has_flag=_rt().bf16_supported(), where="dyninfer runtime", runs="the model",
+                                     strict=strict))
         return self
 
     def run(self, x, return_path: bool = False, threads: int = 1):
@@ -104,10 +100,6 @@ class Model:
                 f"mode={self.gates_mode}, isa={isa()}, precision={self.precision})")
 
 
-def _bf16_missing() -> str:
-    return (f"bf16 needs AVX-512 with the AVX512_BF16 instructions (cpu flag avx512_bf16); this CPU runs the "
-            f"{isa()} kernels")
-
 
 def load(source: str | os.PathLike | bytes, *, verify: bool = True) -> Model:
     """A Model from an artefact path or its bytes (see the module docstring)."""
@@ -129,8 +121,10 @@ def load(source: str | os.PathLike | bytes, *, verify: bool = True) -> Model:
         raise ArtefactError(f"{name}: {exc}") from None
     model = Model(handle, name)
     if model.precision != model.requested_precision:
-        warnings.warn(f"dyninfer runtime: {name} was saved in {model.requested_precision}; {_bf16_missing()}, so it "
-                      f"runs fp32", RuntimeWarning, stacklevel=2)
+        from ._precision import bf16_missing
+
+        warnings.warn(f"dyninfer runtime: {name} was saved in {model.requested_precision}; "
+                      f"{bf16_missing(isa(), rt.bf16_supported())}, so it runs fp32", RuntimeWarning, stacklevel=2)
     return model
 
 

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "../kernels/conv.h"
 #include "runtime.h"
 
 namespace py = pybind11;
@@ -52,6 +53,7 @@ PYBIND11_MODULE(_rt, mod) {
   mod.attr("FORMAT_VERSION") = dyninfer::kRuntimeFormatVersion;
   mod.attr("PLAN_VERSION") = dyninfer::kPlanVersion;
   mod.def("isa", []() { return std::string(dyninfer::isa_name(dyninfer::detect_isa())); });
+  mod.def("bf16_supported", &dyninfer::bf16_kernels_supported, "whether this CPU has AVX512_BF16 (and AVX-512)");
   py::class_<RtModel, std::shared_ptr<RtModel>>(mod, "Model")
       .def_readonly("input_shape", &RtModel::input_shape)
       .def_readonly("output_shape", &RtModel::output_shape)
