@@ -553,7 +553,8 @@ def static_masks_from(path: str | os.PathLike, train_ds: Dataset, model: nn.Modu
                 freeze_static(gates(frozen), m)
                 return float(torch.as_tensor(count_macs(frozen, one).effective, dtype=torch.float64).mean())
 
-            lo, hi = 1.0, 1.0 / max(min(base.values()), 1e-6)
+            positive = [d for d in base.values() if d > 0]  # a layer at density 0 stays at 0 whatever s
+            lo, hi = 1.0, 1.0 / min(positive) if positive else 1.0  # at hi every other layer is fully on
             macs_static = static_cost(masks)
             if macs_static < macs_dynamic:
                 for _ in range(24):  # keep counts are integers: stop once the bracket holds one step
