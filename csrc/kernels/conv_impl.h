@@ -141,6 +141,43 @@ __attribute__((always_inline)) static inline typename T::V activate(int act, typ
   return x;
 }
 
+// The common epilogue, unrolled so the accumulators never leave their registers: every vector of
+// the tile full (no row tail; row pairs: both rows), no gate scale, ReLU or no activation. Same operations in the same
+// order as the general epilogue below.
+template <class T, int M, int NV, bool RELU>
+__attribute__((always_inline)) static inline void epilogue_full(const ConvCall& c, int k0, int v0, float* vsums,
+                                                                typename T::V (&acc)[M][NV]) {
+  using V = typename T::V;
+#pragma GCC unroll 8
+  for (int m = 0; m < M; ++m) {
+    const int k = k0 + m;
+    const int o = c.out_real[k];
+    float* op = c.out_plane[k];
+    const float* rp = c.res_plane ? c.res_plane[k] : nullptr;
+    const V bias = T::set1(c.bias ? c.bias[o] : 0.f);
+    V x[NV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) x[j] = T::add(acc[m][j], bias);
+    if (rp) {
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        if constexpr (IsPairs<T>::value) x[j] = T::add(x[j], T::load_pair(rp + c.res_off[v0 + j], c.res_wp));
+        else x[j] = T::add(x[j], T::load(rp + c.res_off[v0 + j]));
+      }
+    }
+    V s = T::zero();
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) {
+      if constexpr (RELU) x[j] = T::max(x[j], T::zero());
+      if constexpr (IsPairs<T>::value) T::store_pair(op + c.out_off[v0 + j], c.out_wp, x[j], T::kFull);
+      else T::storeu(op + c.out_off[v0 + j], x[j]);
+      s = T::add(s, x[j]);
+    }
+    float* vs = vsums + k * T::W;
+    T::store(vs, T::add(T::load(vs), s));
+  }
+}
+
 template <class T, int M, int NV, int KH, int KW, bool S2>
 static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
   const float* wrow[M];
@@ -156,6 +193,15 @@ static void tile(const ConvCall& c, int k0, int v0, float* vsums) {
   }
   typename T::V acc[M][NV];
   micro<T, M, NV, KH, KW, S2>(c, wrow, c.in_off + v0, acc);
+  {
+    bool full = c.act <= 1 && c.scale == nullptr;
+    for (int j = 0; j < NV; ++j) full = full && c.lanes[v0 + j] == T::kFull;
+    if (full) {
+      if (c.act == 1) epilogue_full<T, M, NV, true>(c, k0, v0, vsums, acc);
+      else epilogue_full<T, M, NV, false>(c, k0, v0, vsums, acc);
+      return;
+    }
+  }
   // Epilogue straight from the accumulator registers: bias, residual, ReLU, (masked) store, and
   // the per-channel sums (kept as vectors across tiles; reduced once per conv).
   for (int m = 0; m < M; ++m) {

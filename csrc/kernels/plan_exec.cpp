@@ -557,6 +557,16 @@ struct Executor {
     const Buffer &bi = P.buffers_[p.in], &bo = P.buffers_[p.out];
     ws.active[p.out] = ws.active[p.in];
     ws.sums_valid[p.out] = 0;
+    if (!p.max && ws.sums_valid[p.in] && bo.H == 1 && bo.W == 1 && p.kh == bi.H && p.kw == bi.W && p.ph == 0 &&
+        p.pw == 0 && (p.divisor <= 0 || p.divisor == bi.H * bi.W)) {
+      // Global average pooling of planes whose channel sums the producing conv's epilogue already
+      // took: one division per live channel instead of a pass over the planes.
+      const float inv = 1.0f / static_cast<float>(bi.H * bi.W);
+      const auto& act = ws.active[p.in];
+      const auto& s = ws.sums[p.in];
+      for (size_t i = 0; i < act.size(); ++i) *interior(p.out, static_cast<int>(i)) = s[act[i]] * inv;
+      return;
+    }
     PoolCall pc;
     pc.in = interior(p.in, 0);
     pc.in_cstride = bi.plane;
