@@ -215,7 +215,11 @@ def _load_runtime(path: Path):
 
     data = path.read_bytes()  # read once: what is verified is what is built
     try:
-        model = rt_load(data)
+        with warnings.catch_warnings():
+            # its "saved in bf16, runs fp32" warning names <bytes>: _apply_precision below gives the
+            # same one once, naming the file
+            warnings.simplefilter("ignore", RuntimeWarning)
+            model = rt_load(data)
     except RuntimeArtefactError as exc:
         msg = str(exc).replace("<bytes>", str(path), 1)
         if "has no 'format'" in msg or "artefact format '" in msg:  # safetensors, but not an artefact
