@@ -183,3 +183,30 @@ def test_isa_cap_makes_every_library_see_avx2(tmp_path):
     assert cap == "avx2"
     assert torch_cap in ("AVX2", "DEFAULT")  # DEFAULT: a CPU without AVX2 at all
     assert engine_isa in ("avx2", "portable")
+
+
+def test_profile_checkpoint_groups_every_op(tmp_path):
+    # benchmarks/profile_checkpoint.py on the shipped digits ResNet-56: every op lands in one group,
+    # the shares add up to 1, the four conv groups of a ResNet are there with their GFLOP/s, and a
+    # dense checkpoint or a missing file is refused by name.
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = str(root / "benchmarks" / "profile_checkpoint.py")
+    ck = root / "dyninfer" / "assets" / "resnet56_digits_dynamic.safetensors"
+    out = tmp_path / "p.json"
+    run = subprocess.run([sys.executable, script, str(ck), "--batch", "2", "--runs", "2", "--repeats", "1",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    kinds = {r["kind"]: r for r in rep["rows"]}
+    assert {"stem", "stride-2 convs", "out gated", "both gated", "gate", "linear"} <= set(kinds)
+    assert math.isclose(sum(r["share"] for r in rep["rows"]), 1.0, rel_tol=1e-9)
+    assert math.isclose(sum(r["ms"] for r in rep["rows"]), rep["total_ms"], rel_tol=1e-9)
+    assert all(r["gflops"] > 0 for k, r in kinds.items() if k in ("stem", "stride-2 convs", "out gated", "both gated"))
+    assert kinds["gate"]["gflops"] is None
+    dense = root / "dyninfer" / "assets" / "resnet56_digits_dense.safetensors"
+    for bad, msg in ((dense, "has no gates"), (tmp_path / "missing.safetensors", "does not exist")):
+        r = subprocess.run([sys.executable, script, str(bad)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]
