@@ -10,7 +10,8 @@ the same extension cannot share a process); old and new alternate, one torch thr
 For every registered model (BN statistics and gates randomised with a fixed seed, so both builds
 compile the same network, gates learned: each sample keeps about half of its channels) and for the
 shipped dynamic checkpoints (the new tree's files, compiled by both builds), the script compares
-logits and gate paths bit for bit, then times the engine: per round and build, the median of ``--runs`` calls at batch 1 and at batch 8; the ratio
+logits and gate paths bit for bit (where they differ: whether the paths are equal and the largest logit
+difference relative to the largest logit), then times the engine: per round and build, the median of ``--runs`` calls at batch 1 and at batch 8; the ratio
 new / old per round, and the median ratio over ``--rounds`` rounds (> 1: the new build is slower).
 """
 from __future__ import annotations
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
         for model in tqdm(args.models, desc="models", disable=not sys.stderr.isatty()):
             ratios = {str(b): [] for b in args.batches}
             times = {"old": {str(b): [] for b in args.batches}, "new": {str(b): [] for b in args.batches}}
-            identical = None
+            identical, paths_equal, max_logit_diff = None, None, None
             for r in range(args.rounds):
                 got = {}
                 for side, root in (("old", args.old), ("new", args.new)) if r % 2 == 0 else (("new", args.new),
@@ -164,14 +165,20 @@ def main(argv=None) -> int:
                     times["new"][b].append(got["new"]["times"][b])
                     ratios[b].append(got["new"]["times"][b] / got["old"]["times"][b])
                 if identical is None:
-                    same = [np.array_equal(np.load(Path(tmp) / "old" / model / f), np.load(Path(tmp) / "new" / model / f))
-                            for f in ("logits.npy", "path.npy")]
-                    identical = all(same)
-            entry = {"bit_identical": identical, "isa": got["new"]["isa"],
+                    old_l, new_l = (np.load(Path(tmp) / side / model / "logits.npy") for side in ("old", "new"))
+                    paths_equal = bool(np.array_equal(np.load(Path(tmp) / "old" / model / "path.npy"),
+                                                      np.load(Path(tmp) / "new" / model / "path.npy")))
+                    identical = paths_equal and bool(np.array_equal(old_l, new_l))
+                    # where not identical: do the gates still choose the same channels, and how far
+                    # apart are the logits (relative to their largest magnitude)?
+                    max_logit_diff = float(np.abs(old_l - new_l).max() / max(np.abs(old_l).max(), 1e-30))
+            entry = {"bit_identical": identical, "paths_equal": paths_equal, "max_rel_logit_diff": max_logit_diff,
+                     "isa": got["new"]["isa"],
                      "median_ratio": {b: statistics.median(v) for b, v in ratios.items()},
                      "ratios": ratios, "seconds": times}
             report["models"][model] = entry
-            print(f"{model:32s} bit-identical {identical!s:5s} " + "  ".join(
+            print(f"{model:32s} bit-identical {identical!s:5s} paths equal {paths_equal!s:5s} "
+                  f"max rel. logit diff {max_logit_diff:.1e}  " + "  ".join(
                 f"b{b}: old {statistics.median(times['old'][b]) * 1e3:7.3f} ms new "
                 f"{statistics.median(times['new'][b]) * 1e3:7.3f} ms ratio {entry['median_ratio'][b]:.3f}"
                 for b in map(str, args.batches)), flush=True)
