@@ -172,10 +172,13 @@ class Plan {
   int n_convs() const { return static_cast<int>(convs_.size()); }
   // "fp32" or "bf16": with bf16, every ungrouped conv runs the bf16 kernels (conv.h: its input, or
   // for strided convs its column buffer, rounded to bf16 channel pairs, its weights packed once
-  // here, fp32 sums and epilogue) and Winograd is off for them; gates, grouped and depthwise convs,
-  // pooling and linear layers stay fp32. Throws PlanError on a CPU without AVX512_BF16 or an
-  // unknown name. Call before the first run.
+  // here, fp32 sums and epilogue; a Winograd conv's transformed weights packed likewise); gates,
+  // grouped and depthwise convs, pooling and linear layers stay fp32. Throws PlanError on a CPU
+  // where supports() is false or for an unknown name. Call before the first run.
   void set_precision(const std::string& precision);
+  // Whether this plan can run at `precision` on this CPU: "fp32" always; "bf16" with the AVX-512
+  // kernels on a CPU with AVX512_BF16. The one place that condition is written.
+  bool supports(const std::string& precision) const;
   const std::string& precision() const { return precision_; }
   // Convs that run in bf16 under the current precision.
   int bf16_convs() const;

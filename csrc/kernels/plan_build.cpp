@@ -528,10 +528,14 @@ int64_t Plan::output_numel() const {
   return static_cast<int64_t>(b.C) * b.H * b.W;
 }
 
+bool Plan::supports(const std::string& precision) const {
+  return precision == "fp32" || (precision == "bf16" && isa_ == Isa::kAvx512 && bf16_kernels_supported());
+}
+
 void Plan::set_precision(const std::string& precision) {
   if (precision != "fp32" && precision != "bf16")
     throw PlanError("set_precision: precision must be 'fp32' or 'bf16', got '" + precision + "'");
-  if (precision == "bf16" && !(isa_ == Isa::kAvx512 && bf16_kernels_supported()))
+  if (!supports(precision))
     throw PlanError(std::string("set_precision: bf16 needs the AVX512_BF16 instructions (cpu flag avx512_bf16) and "
                                 "the AVX-512 kernels; this plan runs ") + isa_name(isa_) +
                     (bf16_kernels_supported() ? "" : " on a CPU without avx512_bf16"));

@@ -166,7 +166,7 @@ std::unique_ptr<RtModel> load_artefact(const uint8_t* bytes, size_t n, bool veri
 }
 
 bool precision_supported(const Plan& plan, const std::string& precision) {
-  return precision == "fp32" || (precision == "bf16" && plan.isa() == Isa::kAvx512 && bf16_kernels_supported());
+  return plan.supports(precision);
 }
 
 std::unique_ptr<RtModel> load_artefact_file(const std::string& path, bool verify) {
